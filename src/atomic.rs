@@ -1,0 +1,223 @@
+//! Temp-write, fsync, rename: how every visible file comes into being complete.
+//!
+//! Invariant kept here: a reader never sees a partial file. Content is written to a temporary
+//! file in the store's `tmp/` directory (same filesystem), flushed with `fsync` in durable mode,
+//! renamed (or linked, when the name must not already exist) into place, and the directory that
+//! gained the name is fsynced in durable mode before the call returns.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tempfile::{NamedTempFile, TempDir};
+
+use crate::error::{Error, IoContext, Result};
+
+/// How hard the store works to survive power loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync every new file and the directory that gains its name before an operation returns.
+    /// A job acknowledged by `create` survives power loss. The default.
+    #[default]
+    Durable,
+    /// No fsync. Survives the crash of any process (`kill -9`), but a power loss or kernel crash
+    /// may lose recently acknowledged operations. Several times faster.
+    Fast,
+}
+
+/// File-writing policy of one store: where temporaries go, durability, permissions.
+#[derive(Clone, Debug)]
+pub(crate) struct AtomicFs {
+    pub tmp: PathBuf,
+    pub durability: Durability,
+    pub file_mode: u32,
+    pub dir_mode: u32,
+}
+
+impl AtomicFs {
+    /// Writes `bytes` as a complete file at `dest`, which must not exist yet (the first writer
+    /// wins; a later one fails with `AlreadyExists`).
+    pub(crate) fn write_file(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = self.temp_file(bytes)?;
+        tmp.persist_noclobber(dest)
+            .map_err(|e| e.error)
+            .ctx("rename into place", dest)?;
+        self.sync_parent(dest)
+    }
+
+    /// A complete temporary file holding `bytes`, flushed in durable mode, not yet visible.
+    pub(crate) fn temp_file(&self, bytes: &[u8]) -> Result<NamedTempFile> {
+        let mut tmp = tempfile::Builder::new()
+            .prefix("f.")
+            .permissions(fs::Permissions::from_mode(self.file_mode))
+            .tempfile_in(&self.tmp)
+            .ctx("create temporary file in", &self.tmp)?;
+        self.fix_mode(tmp.as_file(), self.file_mode, tmp.path())?;
+        tmp.write_all(bytes).ctx("write", tmp.path())?;
+        if self.durability == Durability::Durable {
+            tmp.as_file().sync_all().ctx("fsync", tmp.path())?;
+        }
+        Ok(tmp)
+    }
+
+    /// A new empty temporary directory (removed on drop unless kept).
+    pub(crate) fn temp_dir(&self) -> Result<TempDir> {
+        let dir = tempfile::Builder::new()
+            .prefix("d.")
+            .permissions(fs::Permissions::from_mode(self.dir_mode))
+            .tempdir_in(&self.tmp)
+            .ctx("create temporary directory in", &self.tmp)?;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(self.dir_mode))
+            .ctx("chmod", dir.path())?;
+        Ok(dir)
+    }
+
+    /// Writes a complete file directly into a directory that is not yet visible (a temporary
+    /// directory), so no rename is needed for it.
+    pub(crate) fn write_into_private_dir(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(self.file_mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dest)
+            .ctx("create", dest)?;
+        self.fix_mode(&f, self.file_mode, dest)?;
+        f.write_all(bytes).ctx("write", dest)?;
+        if self.durability == Durability::Durable {
+            f.sync_all().ctx("fsync", dest)?;
+        }
+        Ok(())
+    }
+
+    /// Creates a directory (and missing parents) with the store's mode; existing is fine.
+    /// In durable mode the parent of each created directory is fsynced.
+    pub(crate) fn create_dir_all(&self, dir: &Path) -> Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = dir.parent() {
+            self.create_dir_all(parent)?;
+        }
+        match fs::DirBuilder::new().mode(self.dir_mode).create(dir) {
+            Ok(()) => {
+                fs::set_permissions(dir, fs::Permissions::from_mode(self.dir_mode))
+                    .ctx("chmod", dir)?;
+                self.sync_parent(dir)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+            Err(e) => Err(e).ctx("create directory", dir),
+        }
+    }
+
+    /// fsyncs the directory containing `path` (durable mode only).
+    pub(crate) fn sync_parent(&self, path: &Path) -> Result<()> {
+        match path.parent() {
+            Some(parent) => self.sync_dir(parent),
+            None => Ok(()),
+        }
+    }
+
+    /// fsyncs a directory (durable mode only).
+    pub(crate) fn sync_dir(&self, dir: &Path) -> Result<()> {
+        if self.durability == Durability::Durable {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .ctx("fsync directory", dir)?;
+        }
+        Ok(())
+    }
+
+    fn fix_mode(&self, f: &File, mode: u32, path: &Path) -> Result<()> {
+        // The umask may have narrowed the mode; group sharing needs it exact.
+        if mode & 0o070 != 0 {
+            f.set_permissions(fs::Permissions::from_mode(mode))
+                .ctx("chmod", path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a whole file without following a symlink in its last component, refusing files larger
+/// than `limit` bytes.
+pub(crate) fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ctx("open", path)?;
+    let len = f.metadata().ctx("stat", path)?.len();
+    if len > limit {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("{len} bytes is over the {limit}-byte limit"),
+        });
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(limit + 1).read_to_end(&mut buf).ctx("read", path)?;
+    Ok(buf)
+}
+
+/// True if `path` exists (without following a final symlink).
+pub(crate) fn exists(path: &Path) -> Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).ctx("stat", path),
+    }
+}
+
+/// Removes a file; a missing file is not an error.
+pub(crate) fn remove_file_if_exists(path: &Path) -> Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).ctx("remove", path),
+    }
+}
+
+/// Lists the names in a directory; a missing directory lists as empty. Names that are not UTF-8
+/// are returned through `foreign` so the caller can quarantine them.
+pub(crate) fn list_names(dir: &Path) -> Result<Vec<String>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).ctx("list", dir),
+    };
+    let mut names = Vec::new();
+    for entry in rd {
+        let entry = entry.ctx("list", dir)?;
+        if let Ok(name) = entry.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Sets a file's modification time to now through its open descriptor, making sure the new
+/// value differs from `previous` (heartbeats are judged by the mtime *changing*).
+pub(crate) fn touch_file(
+    f: &File,
+    previous: Option<std::time::SystemTime>,
+) -> io::Result<std::time::SystemTime> {
+    let mut now = std::time::SystemTime::now();
+    if let Some(prev) = previous {
+        if now <= prev {
+            now = prev + std::time::Duration::from_micros(1);
+        }
+    }
+    f.set_modified(now)?;
+    Ok(now)
+}
+
+/// Sets a path's modification time to now (a wake-up signal for watchers of its directory).
+pub(crate) fn touch_path(path: &Path) -> Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ctx("open", path)?;
+    f.set_modified(std::time::SystemTime::now())
+        .ctx("touch", path)
+}

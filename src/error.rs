@@ -1,0 +1,121 @@
+//! The library's one error type.
+//!
+//! Invariant kept here: every failure names what was being done and to which path, so a
+//! caller (or the CLI's one-line `error:` message) can say exactly what went wrong.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::id::JobId;
+
+/// Everything that can go wrong in a [`Store`](crate::Store) operation.
+///
+/// ```
+/// use jobdir::{Error, JobId};
+/// let err = "../etc/passwd".parse::<JobId>().unwrap_err();
+/// assert!(matches!(err, Error::InvalidId(_)));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A filesystem call failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What the store was doing (`"create"`, `"rename"`, `"fsync"`, ...).
+        op: &'static str,
+        /// The path the call was made on.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The text is not an id this store generates (rejected before any path is built).
+    #[error("invalid job id {0:?}: expected a lowercase hyphenated UUID v7")]
+    InvalidId(String),
+    /// No job with this id exists in the store.
+    #[error("no such job: {0}")]
+    NotFound(JobId),
+    /// The job already has a result; results are written once and never change.
+    #[error("job {0} is already fulfilled")]
+    AlreadyFulfilled(JobId),
+    /// The lease on this job or notification was lost (expired and taken over, or the job was
+    /// removed); the write it guarded was refused.
+    #[error("lease on job {0} was lost; the write was refused")]
+    LeaseLost(JobId),
+    /// A blocking call gave up after its timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The directory holds a jobdir store of another on-disk format version.
+    #[error("{} holds a jobdir store of format version {found}; this build reads version {supported}", path.display())]
+    FormatVersion {
+        /// The store directory.
+        path: PathBuf,
+        /// The version found in its marker file.
+        found: u64,
+        /// The version this build reads and writes.
+        supported: u64,
+    },
+    /// The directory is not empty and is not a jobdir store.
+    #[error("{} is not a jobdir store ({reason})", path.display())]
+    NotAStore {
+        /// The directory.
+        path: PathBuf,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The request (or result, or target) is larger than the store accepts.
+    #[error("{what} is {size} bytes; the limit is {limit} bytes")]
+    TooLarge {
+        /// What was too large (`"request"`, `"target"`).
+        what: &'static str,
+        /// Its size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A value could not be turned into JSON.
+    #[error("cannot encode {what} as JSON: {source}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The serializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A file in the store is not what the format says it must be.
+    #[error("corrupt {}: {reason}", path.display())]
+    Corrupt {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An option was given a value the store cannot use.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+}
+
+/// Shorthand for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches the operation and path to an [`io::Error`].
+pub(crate) trait IoContext<T> {
+    fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            op,
+            path: path.into(),
+            source,
+        })
+    }
+}
+
+impl Error {
+    /// True when the error is an I/O error of this kind (`NotFound`, `AlreadyExists`, ...).
+    pub(crate) fn is_io_kind(&self, kind: io::ErrorKind) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == kind)
+    }
+}

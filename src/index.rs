@@ -1,0 +1,286 @@
+//! The two ordered indexes (work: `pending/`, notifications: `notify/`) and the in-memory
+//! frontier each process keeps of them.
+//!
+//! Invariants kept here:
+//! - An entry is an empty file named `<class>/<bucket>/<name>`; names sort in pull order
+//!   (priority class first, then time bucket, then the time-ordered id), so the oldest bucket of
+//!   the highest priority is all a puller needs to read.
+//! - No directory grows without bound: a bucket holds the entries of ~4 s of creations.
+//! - The frontier holds a bounded number of keys: everything up to its horizon that is not
+//!   known to be taken, never the whole index. Pulls cost the same at 10 and at 1 M entries.
+//! - An entry may outlive its reason (a crash leaves an extra entry, never a missing one):
+//!   pullers check the job itself and remove entries that no longer apply.
+
+use std::collections::BTreeSet;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::atomic::{AtomicFs, list_names, remove_file_if_exists};
+use crate::error::{IoContext, Result};
+use crate::layout::{bucket_end_millis, parse_priority_class};
+use crate::watch::{Inbox, Watch};
+
+/// Load buckets until the frontier holds at least this many keys.
+const LOAD_TARGET: usize = 1024;
+/// Never hold more than this many keys (trim the largest, lower the horizon).
+const FRONTIER_CAP: usize = 65_536;
+/// Sorts after every character an entry name may contain.
+const AFTER_ALL: char = '~';
+/// Empty buckets older than this (by the local clock) are removed when met.
+const EMPTY_BUCKET_GRACE_MS: u64 = 60_000;
+
+/// One on-disk index rooted at `pending/` or `notify/`.
+#[derive(Clone, Debug)]
+pub(crate) struct Index {
+    pub root: PathBuf,
+}
+
+impl Index {
+    /// The path of an entry key (`class/bucket/name`).
+    pub(crate) fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    /// Creates an entry (idempotent), creating its class and bucket directories if needed, and
+    /// fsyncs the bucket directory in durable mode.
+    pub(crate) fn add(&self, fs: &AtomicFs, key: &str) -> Result<()> {
+        let path = self.path(key);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let res = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(fs.file_mode)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path);
+            match res {
+                Ok(_) => return fs.sync_dir(&dir),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+                // The bucket does not exist yet, or a puller removed it as empty just now.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 8 => {
+                    fs.create_dir_all(&dir)?;
+                }
+                Err(e) => return Err(e).ctx("create index entry", &path),
+            }
+        }
+    }
+
+    /// Removes an entry; a missing entry is fine.
+    pub(crate) fn remove(&self, key: &str) -> Result<()> {
+        remove_file_if_exists(&self.path(key)).map(drop)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Horizon {
+    /// Nothing loaded yet.
+    Start,
+    /// Every key up to and including this one has been loaded.
+    Upto(String),
+    /// The whole index has been loaded; every new key is taken from events.
+    End,
+}
+
+/// A process's bounded, ordered view of the front of one index.
+#[derive(Debug)]
+pub(crate) struct Frontier {
+    keys: BTreeSet<String>,
+    horizon: Horizon,
+}
+
+impl Default for Frontier {
+    fn default() -> Self {
+        Frontier {
+            keys: BTreeSet::new(),
+            horizon: Horizon::Start,
+        }
+    }
+}
+
+impl Frontier {
+    /// Forgets everything; the next pull re-reads the front of the index from disk.
+    pub(crate) fn refresh(&mut self) {
+        self.keys.clear();
+        self.horizon = Horizon::Start;
+    }
+
+    /// Adds a key seen in an event, if it lies inside the loaded range.
+    pub(crate) fn offer(&mut self, key: String) {
+        let inside = match &self.horizon {
+            Horizon::Start => false,
+            Horizon::Upto(h) => key <= *h,
+            Horizon::End => true,
+        };
+        if inside {
+            self.keys.insert(key);
+            self.trim();
+        }
+    }
+
+    /// Applies collected events: new keys, new directories (watched and listed), lost events.
+    pub(crate) fn absorb(&mut self, index: &Index, inbox: Inbox, watch: &mut Watch) -> Result<()> {
+        if inbox.rescan {
+            self.refresh();
+        }
+        for dir in inbox.gone_dirs {
+            watch.forget(&dir);
+        }
+        for key in inbox.keys {
+            self.offer(key);
+        }
+        for dir in inbox.new_dirs {
+            self.list_new_dir(index, &dir, watch)?;
+        }
+        Ok(())
+    }
+
+    fn list_new_dir(&mut self, index: &Index, dir: &Path, watch: &mut Watch) -> Result<()> {
+        let Ok(rel) = dir.strip_prefix(&index.root) else {
+            return Ok(());
+        };
+        let Some(rel) = rel.to_str() else {
+            return Ok(());
+        };
+        if self.horizon == Horizon::Start {
+            return Ok(());
+        }
+        watch.ensure(dir);
+        for name in sorted_names(dir)? {
+            let child = format!("{rel}/{name}");
+            if rel.contains('/') {
+                self.offer(child);
+            } else {
+                self.list_new_dir(index, &dir.join(&name), watch)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next key in pull order, loading more of the index from disk when the frontier is
+    /// empty. `None` when the index holds nothing more.
+    pub(crate) fn next(&mut self, index: &Index, watch: &mut Watch) -> Result<Option<String>> {
+        loop {
+            if let Some(k) = self.keys.pop_first() {
+                return Ok(Some(k));
+            }
+            if self.horizon == Horizon::End {
+                return Ok(None);
+            }
+            self.load_more(index, watch)?;
+        }
+    }
+
+    /// Reads buckets after the horizon, in order, until [`LOAD_TARGET`] keys are held.
+    fn load_more(&mut self, index: &Index, watch: &mut Watch) -> Result<()> {
+        let (h_class, h_bucket) = match &self.horizon {
+            Horizon::Start => (String::new(), String::new()),
+            Horizon::Upto(h) => {
+                let mut it = h.split('/');
+                (
+                    it.next().unwrap_or_default().to_string(),
+                    it.next().unwrap_or_default().to_string(),
+                )
+            }
+            Horizon::End => return Ok(()),
+        };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        for class in sorted_names(&index.root)? {
+            if class < h_class || parse_priority_class(&class).is_none() {
+                continue;
+            }
+            let class_dir = index.root.join(&class);
+            watch.ensure(&class_dir);
+            for bucket in sorted_names(&class_dir)? {
+                if (class.as_str(), bucket.as_str()) < (h_class.as_str(), h_bucket.as_str()) {
+                    continue;
+                }
+                let Some(end_ms) = bucket_end_millis(&bucket) else {
+                    continue;
+                };
+                let dir = class_dir.join(&bucket);
+                watch.ensure(&dir);
+                let names = list_names(&dir)?;
+                if names.is_empty() && end_ms + EMPTY_BUCKET_GRACE_MS < now_ms {
+                    // Fails harmlessly if a creator just added an entry.
+                    if fs::remove_dir(&dir).is_ok() {
+                        watch.forget(&dir);
+                    }
+                    continue;
+                }
+                for name in names {
+                    let key = format!("{class}/{bucket}/{name}");
+                    if let Horizon::Upto(h) = &self.horizon {
+                        if key <= *h {
+                            continue;
+                        }
+                    }
+                    self.keys.insert(key);
+                }
+                self.horizon = Horizon::Upto(format!("{class}/{bucket}/{AFTER_ALL}"));
+                self.trim();
+                if self.keys.len() >= LOAD_TARGET {
+                    return Ok(());
+                }
+            }
+        }
+        self.horizon = Horizon::End;
+        Ok(())
+    }
+
+    fn trim(&mut self) {
+        while self.keys.len() > FRONTIER_CAP {
+            self.keys.pop_last();
+            if let Some(last) = self.keys.last() {
+                self.horizon = Horizon::Upto(last.clone());
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+fn sorted_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names = list_names(dir)?;
+    names.sort_unstable();
+    Ok(names)
+}
+
+/// Every entry key of an index, in order (for recovery and counts: a full listing).
+pub(crate) fn all_keys(index: &Index) -> Result<Vec<String>> {
+    let mut keys = Vec::new();
+    for class in sorted_names(&index.root)? {
+        let class_dir = index.root.join(&class);
+        if !class_dir.is_dir() {
+            keys.push(class);
+            continue;
+        }
+        for bucket in sorted_names(&class_dir)? {
+            let dir = class_dir.join(&bucket);
+            if !dir.is_dir() {
+                keys.push(format!("{class}/{bucket}"));
+                continue;
+            }
+            for name in sorted_names(&dir)? {
+                keys.push(format!("{class}/{bucket}/{name}"));
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// Splits a key into its three parts.
+pub(crate) fn split_key(key: &str) -> Option<(&str, &str, &str)> {
+    let mut it = key.splitn(3, '/');
+    Some((it.next()?, it.next()?, it.next()?))
+}

@@ -1,0 +1,65 @@
+//! # jobdir — a resilient job store in one shared directory
+//!
+//! No server, no database: jobs, results and notification queues are files in one directory,
+//! written atomically (temp file, fsync, rename), and claimed under leases that are heartbeated
+//! and fenced. Any number of processes — on one host, or on several hosts over a shared
+//! filesystem — create jobs, pull work, fulfil jobs, pull notifications, and carry on after any
+//! of them crashes.
+//!
+//! The three workflows (after the Node.js package `fs-job-store`):
+//!
+//! ```
+//! use std::time::Duration;
+//! use jobdir::Store;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = Store::open(dir.path())?;
+//!
+//! // Job creation: durable when `create` returns.
+//! let id = store.create(&serde_json::json!({"calculate": "3+3"}))?;
+//! store.queue(&id, &serde_json::json!({"email": "ann@example.com"}))?;
+//!
+//! // Fulfilment loop: pull under an exclusive lease, fulfil (fenced by the lease).
+//! while let Some(job) = store.pull_work_timeout(Duration::from_millis(10))? {
+//!     job.on_compromised(|_| eprintln!("lease lost: stop"));
+//!     job.fulfill(b"6")?;
+//! }
+//!
+//! // Notification loop: deliver the result to each waiting target, mark the delivered ones.
+//! while let Some(note) = store.pull_notification()? {
+//!     let delivered: Vec<_> = note.waiting().to_vec(); // deliver note.value() to each
+//!     note.done(&delivered)?;
+//! }
+//! assert_eq!(store.wait(&id, Duration::from_secs(1))?, b"6");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The on-disk protocol is specified in `docs/FORMAT.md`; the design and its reasons in
+//! `docs/DESIGN.md`.
+
+#![warn(missing_docs)]
+
+mod atomic;
+mod error;
+mod fault;
+mod id;
+mod index;
+mod job;
+mod layout;
+mod lease;
+mod notification;
+mod recover;
+mod store;
+mod watch;
+mod work;
+
+pub use atomic::Durability;
+pub use error::{Error, Result};
+pub use id::JobId;
+pub use job::{Counts, CreateOptions, JobInfo, JobState, JobSummary};
+pub use layout::FORMAT_VERSION;
+pub use lease::CompromiseReason;
+pub use notification::NotificationLease;
+pub use recover::{Quarantined, RecoverOptions, RecoveryReport};
+pub use store::{Store, StoreBuilder};
+pub use work::WorkLease;

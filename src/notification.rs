@@ -1,0 +1,223 @@
+//! Pulling notifications and completing them: [`NotificationLease`].
+//!
+//! Invariants kept here: a notification is held under its own lease (separate from the job's
+//! work lease); `done` removes exactly the delivered targets (one unlink each, never a rewrite
+//! of a shared list), so a target queued while the notification is held stays for the next
+//! pull; a target is never re-delivered after its `done`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::atomic::{exists, list_names, read_file, remove_file_if_exists, touch_path};
+use crate::error::Result;
+use crate::id::JobId;
+use crate::index::split_key;
+use crate::layout::{LeaseKind, parse_notify_entry};
+use crate::lease::{self, ClaimOutcome, CompromiseReason, LeaseState};
+use crate::store::{READ_LIMIT, Store, canonical_json, target_name};
+use crate::watch::Channel;
+
+/// A fulfilled job's notification, held under a lease by this process. Dropping it without
+/// [`done`](Self::done) releases it with every target still queued.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let store = jobdir::Store::open(dir.path())?;
+/// let id = store.create(&"job")?;
+/// store.queue(&id, &"a")?;
+/// store.fulfill(&id, b"value")?;
+/// store.queue(&id, &"b")?;
+/// let note = store.pull_notification()?.unwrap();
+/// assert_eq!(note.id(), id);
+/// assert_eq!(note.waiting().len(), 2);
+/// note.done(&[serde_json::json!("a")])?;   // "b" failed: it stays queued
+/// assert_eq!(store.get(&id)?.waiting, vec![serde_json::json!("b")]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct NotificationLease {
+    store: Store,
+    state: Arc<LeaseState>,
+    value: Vec<u8>,
+    waiting: Vec<Value>,
+    names: HashSet<String>,
+    key: String,
+}
+
+impl fmt::Debug for NotificationLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NotificationLease")
+            .field("id", &self.state.id)
+            .field("waiting", &self.waiting.len())
+            .field("compromised", &self.state.is_compromised())
+            .finish()
+    }
+}
+
+impl NotificationLease {
+    /// The job whose result is being delivered.
+    pub fn id(&self) -> JobId {
+        self.state.id
+    }
+
+    /// The job's result.
+    pub fn value(&self) -> &[u8] {
+        &self.value
+    }
+
+    /// The targets waiting when the notification was pulled.
+    pub fn waiting(&self) -> &[Value] {
+        &self.waiting
+    }
+
+    /// Registers a callback run once, from the heartbeat thread, when the lease is lost.
+    pub fn on_compromised(&self, callback: impl FnOnce(CompromiseReason) + Send + 'static) {
+        self.state.on_compromised(Box::new(callback));
+    }
+
+    /// True once the lease is known to be lost.
+    pub fn is_compromised(&self) -> bool {
+        self.state.is_compromised()
+    }
+
+    /// Removes exactly the `delivered` targets and releases the notification. Targets not
+    /// delivered, and any queued meanwhile, stay queued. Refused with [`Error::LeaseLost`] if
+    /// the lease was lost before it started.
+    pub fn done(self, delivered: &[Value]) -> Result<()> {
+        let inner = &self.store.inner;
+        let st = &self.state;
+        st.fence()?;
+        let dir = inner.layout.targets_dir(&st.id);
+        for t in delivered {
+            let canon = canonical_json(t, "target")?;
+            remove_file_if_exists(&dir.join(target_name(&canon)))?;
+        }
+        crate::fault::point("done.after_unqueue");
+        let remaining: Vec<String> = list_names(&dir)?
+            .into_iter()
+            .filter(|n| n.ends_with(".json"))
+            .collect();
+        if remaining.is_empty() {
+            inner.notify.remove(&self.key)?;
+        }
+        crate::fault::point("done.after_index");
+        st.end("done")?;
+        if remaining.iter().any(|n| !self.names.contains(n)) {
+            // Queued while we held it: wake notifiers now rather than at the next poll.
+            let path = inner.notify.path(&self.key);
+            if exists(&path)? {
+                let _ = touch_path(&path);
+            }
+            inner.offer(LeaseKind::Notify, self.key.clone());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NotificationLease {
+    fn drop(&mut self) {
+        if !self.state.is_ended() {
+            let _ = self.state.end("released");
+        }
+    }
+}
+
+impl Store {
+    /// Claims the next fulfilled job with targets waiting, or `None` at once if there is none.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// assert!(store.pull_notification()?.is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pull_notification(&self) -> Result<Option<NotificationLease>> {
+        let inner = &self.inner;
+        let mut last_err = None;
+        loop {
+            let Some(key) = inner.next_key(LeaseKind::Notify)? else {
+                return match last_err {
+                    Some(e) => Err(e),
+                    None => Ok(None),
+                };
+            };
+            match self.try_notification(&key) {
+                Ok(Some(n)) => return Ok(Some(n)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("skipping notification {key}: {e}");
+                    last_err = Some(e);
+                }
+            }
+        }
+    }
+
+    fn try_notification(&self, key: &str) -> Result<Option<NotificationLease>> {
+        let inner = &self.inner;
+        let Some(id) = split_key(key).and_then(|(_, _, n)| parse_notify_entry(n)) else {
+            return Ok(None);
+        };
+        let state = match lease::claim(inner, LeaseKind::Notify, &id, key)? {
+            ClaimOutcome::Claimed(s) => s,
+            ClaimOutcome::Busy => return Ok(None),
+            ClaimOutcome::Gone | ClaimOutcome::Done => {
+                inner.notify.remove(key)?;
+                return Ok(None);
+            }
+        };
+        let value = match read_file(&inner.layout.result_value(&id), READ_LIMIT) {
+            Ok(v) => v,
+            Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => {
+                // Not fulfilled (a foreign entry) or removed meanwhile.
+                let _ = state.end("done");
+                inner.notify.remove(key)?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let files = self.waiting_files(&id)?;
+        if files.is_empty() {
+            inner.notify.remove(key)?;
+            let _ = state.end("done");
+            return Ok(None);
+        }
+        let names = files.iter().map(|(n, _)| n.clone()).collect();
+        let waiting = files.into_iter().map(|(_, v)| v).collect();
+        Ok(Some(NotificationLease {
+            store: self.clone(),
+            state,
+            value,
+            waiting,
+            names,
+            key: key.to_string(),
+        }))
+    }
+
+    /// Like [`pull_notification`](Self::pull_notification), but waits up to `timeout`, woken by
+    /// file events.
+    pub fn pull_notification_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<NotificationLease>> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = inner.signals.seq(Channel::Notify);
+            if let Some(n) = self.pull_notification()? {
+                return Ok(Some(n));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let nap = (deadline - now)
+                .min(inner.opts.poll_interval)
+                .min(inner.opts.heartbeat);
+            inner.signals.wait(Channel::Notify, seen, nap);
+        }
+    }
+}

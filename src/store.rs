@@ -1,0 +1,1043 @@
+//! The [`Store`] facade: opening a directory, options, and the operations on jobs that are not
+//! about leases (create, get, list, counts, fulfil without a lease, queue, wait, remove).
+//!
+//! Invariant kept here: a job is written whole (in a private temporary directory, fsynced) and
+//! becomes visible by one rename; its index entry is added only after that, and removed only
+//! after the state that makes it unnecessary is durable. A crash therefore leaves at worst an
+//! extra index entry or an unindexed job that `recover` re-indexes, never a half-written job.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::atomic::{AtomicFs, Durability, exists, list_names, read_file};
+use crate::error::{Error, IoContext, Result};
+use crate::id::JobId;
+use crate::index::{Frontier, Index};
+use crate::job::{Counts, CreateOptions, JobInfo, JobRecord, JobState, JobSummary, rfc3339};
+use crate::layout::{
+    FORMAT_VERSION, Layout, LeaseKind, MARKER, bucket, parse_epoch, parse_lease_name,
+    parse_notify_entry, priority_class,
+};
+use crate::lease::{self, Keeper, Observations};
+use crate::watch::{Channel, Signals, Watch};
+
+/// Largest `job.json` or result file the store reads back (a corrupt giant is refused).
+pub(crate) const READ_LIMIT: u64 = 1 << 30;
+
+/// Options of a store, set through [`StoreBuilder`].
+#[derive(Clone, Debug)]
+pub(crate) struct Options {
+    pub lease: Duration,
+    pub heartbeat: Duration,
+    pub durability: Durability,
+    pub poll_interval: Duration,
+    pub host_id: String,
+    pub max_request_bytes: usize,
+    pub group_shared: bool,
+}
+
+/// Builds a [`Store`] with non-default options.
+///
+/// ```
+/// use std::time::Duration;
+/// use jobdir::{Durability, Store};
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::builder(dir.path())
+///     .lease(Duration::from_secs(10))
+///     .durability(Durability::Fast)
+///     .poll_interval(Duration::from_millis(500))
+///     .host_id("worker-a")
+///     .open()?;
+/// assert_eq!(store.lease(), Duration::from_secs(10));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct StoreBuilder {
+    dir: PathBuf,
+    lease: Duration,
+    heartbeat: Option<Duration>,
+    durability: Durability,
+    poll_interval: Duration,
+    host_id: Option<String>,
+    max_request_bytes: usize,
+    group_shared: bool,
+}
+
+impl StoreBuilder {
+    /// How long a lease lasts without a heartbeat before others may take it over. Default 30 s.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How often a held lease is renewed and checked. Default: a third of the lease.
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = Some(every);
+        self
+    }
+
+    /// [`Durability::Durable`] (default: fsync file and directory) or [`Durability::Fast`].
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// The longest a blocked pull or wait sleeps without an event before it looks at the disk
+    /// again (the fallback for changes that file events cannot see, such as other NFS clients).
+    /// Default 1 s.
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every;
+        self
+    }
+
+    /// This process's host identity, recorded in its leases. A free OS lock proves a holder dead
+    /// only when it recorded this same host. Default: `JOBDIR_HOST_ID` from the environment,
+    /// else the machine's host name and machine id.
+    pub fn host_id(mut self, host: impl Into<String>) -> Self {
+        self.host_id = Some(host.into());
+        self
+    }
+
+    /// Largest request or notification target accepted, in bytes of JSON. Default 1 MiB.
+    pub fn max_request_bytes(mut self, limit: usize) -> Self {
+        self.max_request_bytes = limit;
+        self
+    }
+
+    /// Create files 0660 and directories 0770 (instead of 0600 and 0700) so that several users
+    /// of one group can share the store.
+    pub fn group_shared(mut self, shared: bool) -> Self {
+        self.group_shared = shared;
+        self
+    }
+
+    /// Opens (creating on first use) the store.
+    pub fn open(self) -> Result<Store> {
+        if self.lease < Duration::from_millis(100) {
+            return Err(Error::InvalidOption("lease must be at least 100 ms".into()));
+        }
+        let heartbeat = self.heartbeat.unwrap_or(self.lease / 3);
+        if heartbeat.is_zero() || heartbeat >= self.lease {
+            return Err(Error::InvalidOption(
+                "heartbeat must be above zero and shorter than the lease".into(),
+            ));
+        }
+        if self.poll_interval < Duration::from_millis(1) {
+            return Err(Error::InvalidOption(
+                "poll interval must be at least 1 ms".into(),
+            ));
+        }
+        let host_id = match self.host_id {
+            Some(h) => h,
+            None => default_host_id(),
+        };
+        if host_id.is_empty() {
+            return Err(Error::InvalidOption("host id must not be empty".into()));
+        }
+        let opts = Options {
+            lease: self.lease,
+            heartbeat,
+            durability: self.durability,
+            poll_interval: self.poll_interval,
+            host_id,
+            max_request_bytes: self.max_request_bytes,
+            group_shared: self.group_shared,
+        };
+        Store::open_with(&self.dir, opts)
+    }
+}
+
+/// This machine's identity: `JOBDIR_HOST_ID`, else host name plus the start of the machine id.
+fn default_host_id() -> String {
+    if let Ok(h) = std::env::var("JOBDIR_HOST_ID") {
+        if !h.is_empty() {
+            return h;
+        }
+    }
+    let host = fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    match fs::read_to_string("/etc/machine-id") {
+        Ok(m) if m.trim().len() >= 12 => format!("{host}-{}", &m.trim()[..12]),
+        _ => host,
+    }
+}
+
+pub(crate) struct Inner {
+    pub layout: Layout,
+    pub opts: Options,
+    pub fs: AtomicFs,
+    fs_volatile: AtomicFs,
+    pub work: Index,
+    pub notify: Index,
+    pub signals: Arc<Signals>,
+    pub watch: Mutex<Watch>,
+    work_frontier: Mutex<FrontierState>,
+    notify_frontier: Mutex<FrontierState>,
+    pub observations: Mutex<Observations>,
+    pub keeper: Keeper,
+}
+
+struct FrontierState {
+    frontier: Frontier,
+    last_refresh: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Inner {
+    /// The writer for files that need no durability (lease files, claim tokens): leases do
+    /// not survive power loss anyway, since no holder does.
+    pub(crate) fn fs_volatile(&self) -> &AtomicFs {
+        &self.fs_volatile
+    }
+
+    fn frontier(&self, kind: LeaseKind) -> &Mutex<FrontierState> {
+        match kind {
+            LeaseKind::Work => &self.work_frontier,
+            LeaseKind::Notify => &self.notify_frontier,
+        }
+    }
+
+    pub(crate) fn index(&self, kind: LeaseKind) -> &Index {
+        match kind {
+            LeaseKind::Work => &self.work,
+            LeaseKind::Notify => &self.notify,
+        }
+    }
+
+    /// Tells this process's frontier about an entry (events do this for other processes).
+    pub(crate) fn offer(&self, kind: LeaseKind, key: String) {
+        lock(self.frontier(kind)).frontier.offer(key);
+        self.signals.bump(match kind {
+            LeaseKind::Work => Channel::Work,
+            LeaseKind::Notify => Channel::Notify,
+        });
+    }
+
+    /// The next index key to try, in pull order: applies pending file events, re-reads the
+    /// disk once per poll interval (or whenever events are unavailable and nothing is known),
+    /// and handles lease files whose holder closed them (ended or died).
+    pub(crate) fn next_key(&self, kind: LeaseKind) -> Result<Option<String>> {
+        let (inbox, closed) = {
+            let mut st = self.signals.lock();
+            let inbox = match kind {
+                LeaseKind::Work => std::mem::take(&mut st.work),
+                LeaseKind::Notify => std::mem::take(&mut st.notify),
+            };
+            (inbox, std::mem::take(&mut st.leases_closed))
+        };
+        if !closed.is_empty() {
+            lease::scan(self, Some(closed))?;
+        }
+        self.maybe_scan_leases()?;
+        let index = self.index(kind);
+        let mut fr = lock(self.frontier(kind));
+        let mut watch = lock(&self.watch);
+        fr.frontier.absorb(index, inbox, &mut watch)?;
+        let due = fr.last_refresh.elapsed() >= self.opts.poll_interval;
+        if due {
+            fr.frontier.refresh();
+            fr.last_refresh = Instant::now();
+        }
+        let next = fr.frontier.next(index, &mut watch)?;
+        if next.is_none() && !watch.active() && !due {
+            fr.frontier.refresh();
+            fr.last_refresh = Instant::now();
+            return fr.frontier.next(index, &mut watch);
+        }
+        Ok(next)
+    }
+
+    /// Observes every lease file once per heartbeat interval, so expired leases are found.
+    fn maybe_scan_leases(&self) -> Result<()> {
+        let due = lock(&self.observations)
+            .last_scan
+            .is_none_or(|t| t.elapsed() >= self.opts.heartbeat);
+        if due {
+            lease::scan(self, None)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn read_record(&self, id: &JobId) -> Result<JobRecord> {
+        let path = self.layout.job_file(id);
+        let bytes = read_file(&path, READ_LIMIT).map_err(|e| {
+            if e.is_io_kind(io::ErrorKind::NotFound) {
+                Error::NotFound(*id)
+            } else {
+                e
+            }
+        })?;
+        JobRecord::parse(&bytes, &path, id)
+    }
+
+    /// After a result became durable: index the notification if targets wait, then drop the
+    /// work-index entry (in that order, so a crash between leaves an extra entry only).
+    pub(crate) fn after_fulfilled(&self, id: &JobId, priority: i32) -> Result<()> {
+        crate::fault::point("fulfill.after_result");
+        if self.has_targets(id)? {
+            self.notify.add(&self.fs, &notify_key(id, priority, None))?;
+        }
+        crate::fault::point("fulfill.after_notify_index");
+        self.work.remove(&pending_key(id, priority))
+    }
+
+    pub(crate) fn has_targets(&self, id: &JobId) -> Result<bool> {
+        Ok(list_names(&self.layout.targets_dir(id))?
+            .iter()
+            .any(|n| n.ends_with(".json")))
+    }
+}
+
+/// The work-index key of a job.
+pub(crate) fn pending_key(id: &JobId, priority: i32) -> String {
+    format!(
+        "{}/{}/{id}",
+        priority_class(priority),
+        bucket(id.unix_millis())
+    )
+}
+
+/// A notification-index key: bucketed by now; a nonce when queued after fulfilment, so that an
+/// entry made while a notification is held is never the one its holder removes.
+pub(crate) fn notify_key(id: &JobId, priority: i32, nonce: Option<&str>) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let class = priority_class(priority);
+    match nonce {
+        Some(n) => format!("{class}/{}/{id}.{n}", bucket(now)),
+        None => format!("{class}/{}/{id}", bucket(now)),
+    }
+}
+
+/// The file name of a notification target: SHA-256 of its canonical JSON.
+pub(crate) fn target_name(canonical: &[u8]) -> String {
+    let digest = Sha256::digest(canonical);
+    let mut s = String::with_capacity(69);
+    for b in digest {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s.push_str(".json");
+    s
+}
+
+/// Canonical JSON of a target: keys sorted, no whitespace.
+pub(crate) fn canonical_json<T: Serialize + ?Sized>(
+    value: &T,
+    what: &'static str,
+) -> Result<Vec<u8>> {
+    let v = serde_json::to_value(value).map_err(|source| Error::Encode { what, source })?;
+    serde_json::to_vec(&v).map_err(|source| Error::Encode { what, source })
+}
+
+/// A job store in one directory. Cheap to clone (an `Arc` inside); `Send + Sync`.
+///
+/// The three workflows of the store, in one process (each is usually its own process):
+///
+/// ```
+/// use jobdir::Store;
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path())?;
+///
+/// // 1. job creation
+/// let id = store.create(&serde_json::json!({"calculate": "3+3"}))?;
+/// store.queue(&id, &"mailto:ann@example.com")?;
+///
+/// // 2. fulfilment
+/// let job = store.pull_work()?.expect("a job is pending");
+/// assert_eq!(job.request()["calculate"], "3+3");
+/// job.fulfill(b"6")?;
+///
+/// // 3. notification
+/// let note = store.pull_notification()?.expect("a notification is waiting");
+/// assert_eq!(note.value(), b"6");
+/// let delivered = note.waiting().to_vec();
+/// note.done(&delivered)?;
+/// assert!(store.pull_notification()?.is_none());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.layout.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens the store in `dir` with default options, creating the directory and its layout on
+    /// first use. Refuses a non-empty directory that is not a store, and a store of another
+    /// format version.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path().join("jobs"))?;
+    /// assert!(store.dir().join("jobdir.json").exists());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
+        Store::builder(dir).open()
+    }
+
+    /// A builder for a store with non-default options.
+    pub fn builder(dir: impl AsRef<Path>) -> StoreBuilder {
+        StoreBuilder {
+            dir: dir.as_ref().to_path_buf(),
+            lease: Duration::from_secs(30),
+            heartbeat: None,
+            durability: Durability::Durable,
+            poll_interval: Duration::from_secs(1),
+            host_id: None,
+            max_request_bytes: 1 << 20,
+            group_shared: false,
+        }
+    }
+
+    fn open_with(dir: &Path, opts: Options) -> Result<Store> {
+        let (file_mode, dir_mode) = if opts.group_shared {
+            (0o660, 0o770)
+        } else {
+            (0o600, 0o700)
+        };
+        let layout = Layout::new(dir);
+        let fs = AtomicFs {
+            tmp: layout.tmp.clone(),
+            durability: opts.durability,
+            file_mode,
+            dir_mode,
+        };
+        let fs_volatile = AtomicFs {
+            durability: Durability::Fast,
+            ..fs.clone()
+        };
+        init_layout(&layout, &fs)?;
+        let signals = Arc::new(Signals::default());
+        let watch = Watch::start(&layout, &signals);
+        let now = Instant::now();
+        let inner = Inner {
+            work: Index {
+                root: layout.pending.clone(),
+            },
+            notify: Index {
+                root: layout.notify.clone(),
+            },
+            layout,
+            opts,
+            fs,
+            fs_volatile,
+            signals,
+            watch: Mutex::new(watch),
+            work_frontier: Mutex::new(FrontierState {
+                frontier: Frontier::default(),
+                last_refresh: now,
+            }),
+            notify_frontier: Mutex::new(FrontierState {
+                frontier: Frontier::default(),
+                last_refresh: now,
+            }),
+            observations: Mutex::new(Observations::default()),
+            keeper: Keeper::default(),
+        };
+        Ok(Store {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.layout.root
+    }
+
+    /// The lease length this store's leases are taken with.
+    pub fn lease(&self) -> Duration {
+        self.inner.opts.lease
+    }
+
+    /// The host identity this store records in its leases.
+    pub fn host_id(&self) -> &str {
+        &self.inner.opts.host_id
+    }
+
+    /// Creates a job from any JSON-serializable request, with default options (priority 0).
+    /// When this returns, the job is durable (in [`Durability::Durable`] mode) and pullable.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let id = store.create(&serde_json::json!({"n": 1}))?;
+    /// assert_eq!(store.get(&id)?.state, jobdir::JobState::Pending);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn create<T: Serialize + ?Sized>(&self, request: &T) -> Result<JobId> {
+        self.create_with(request, CreateOptions::default())
+    }
+
+    /// Creates a job with options (priority: higher first, FIFO within a priority).
+    ///
+    /// ```
+    /// use jobdir::{CreateOptions, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path())?;
+    /// let low = store.create(&"low")?;
+    /// let high = store.create_with(&"high", CreateOptions::default().priority(10))?;
+    /// assert_eq!(store.pull_work()?.unwrap().id(), high);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn create_with<T: Serialize + ?Sized>(
+        &self,
+        request: &T,
+        opts: CreateOptions,
+    ) -> Result<JobId> {
+        let inner = &self.inner;
+        let request = serde_json::to_value(request).map_err(|source| Error::Encode {
+            what: "request",
+            source,
+        })?;
+        let size = serde_json::to_vec(&request)
+            .map_err(|source| Error::Encode {
+                what: "request",
+                source,
+            })?
+            .len();
+        if size > inner.opts.max_request_bytes {
+            return Err(Error::TooLarge {
+                what: "request",
+                size,
+                limit: inner.opts.max_request_bytes,
+            });
+        }
+        let id = JobId::generate();
+        let rec = JobRecord {
+            id,
+            priority: opts.get_priority(),
+            created_at: rfc3339(SystemTime::now()),
+            request,
+        };
+        let bytes = serde_json::to_vec(&rec).map_err(|source| Error::Encode {
+            what: "job",
+            source,
+        })?;
+        let staging = inner.fs.temp_dir()?;
+        inner
+            .fs
+            .write_into_private_dir(&staging.path().join("job.json"), &bytes)?;
+        inner.fs.sync_dir(staging.path())?;
+        crate::fault::point("create.after_temp_write");
+        let dest = inner.layout.job_dir(&id);
+        fs::rename(staging.path(), &dest).ctx("rename job into", &dest)?;
+        let _ = staging.keep();
+        crate::fault::point("create.after_rename");
+        inner.fs.sync_parent(&dest)?;
+        crate::fault::point("create.after_dir_fsync");
+        let key = pending_key(&id, rec.priority);
+        inner.work.add(&inner.fs, &key)?;
+        crate::fault::point("create.after_index");
+        inner.offer(LeaseKind::Work, key);
+        Ok(id)
+    }
+
+    /// Fulfils a job without holding its lease (as the seed's `store.fulfill`). Results are
+    /// written once: the first fulfilment wins atomically; a later one fails with
+    /// [`Error::AlreadyFulfilled`] and the stored value never changes.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let id = store.create(&1)?;
+    /// store.fulfill(&id, b"first")?;
+    /// assert!(matches!(store.fulfill(&id, b"second"), Err(jobdir::Error::AlreadyFulfilled(_))));
+    /// assert_eq!(store.result(&id)?.unwrap(), b"first");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn fulfill(&self, id: &JobId, value: impl AsRef<[u8]>) -> Result<()> {
+        let inner = &self.inner;
+        let rec = inner.read_record(id)?;
+        let staging = inner.fs.temp_dir()?;
+        inner
+            .fs
+            .write_into_private_dir(&staging.path().join("value"), value.as_ref())?;
+        inner.fs.sync_dir(staging.path())?;
+        let dest = inner.layout.result_dir(id);
+        match fs::rename(staging.path(), &dest) {
+            Ok(()) => {
+                let _ = staging.keep();
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::AlreadyExists | io::ErrorKind::DirectoryNotEmpty
+                ) =>
+            {
+                return Err(Error::AlreadyFulfilled(*id));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotFound(*id)),
+            Err(e) => return Err(e).ctx("rename result into", &dest),
+        }
+        inner.fs.sync_parent(&dest)?;
+        inner.after_fulfilled(id, rec.priority)
+    }
+
+    /// The job's result, if it is fulfilled.
+    pub fn result(&self, id: &JobId) -> Result<Option<Vec<u8>>> {
+        let path = self.inner.layout.result_value(id);
+        match read_file(&path, READ_LIMIT) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => {
+                if exists(&self.inner.layout.job_dir(id))? {
+                    Ok(None)
+                } else {
+                    Err(Error::NotFound(*id))
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Blocks until the job is fulfilled and returns its result, woken by file events (and at
+    /// worst by the poll interval); [`Error::Timeout`] after `timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let id = store.create(&"x")?;
+    /// let s2 = store.clone();
+    /// std::thread::spawn(move || s2.fulfill(&id, b"done"));
+    /// assert_eq!(store.wait(&id, Duration::from_secs(10))?, b"done");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wait(&self, id: &JobId, timeout: Duration) -> Result<Vec<u8>> {
+        let inner = &self.inner;
+        let job_dir = inner.layout.job_dir(id);
+        lock(&inner.watch).hold_job(&job_dir);
+        struct Unhold<'a>(&'a Inner, PathBuf);
+        impl Drop for Unhold<'_> {
+            fn drop(&mut self) {
+                lock(&self.0.watch).release_job(&self.1);
+            }
+        }
+        let _unhold = Unhold(inner, job_dir);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = inner.signals.seq(Channel::Result);
+            if let Some(v) = self.result(id)? {
+                return Ok(v);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout);
+            }
+            let nap = (deadline - now).min(inner.opts.poll_interval);
+            inner.signals.wait(Channel::Result, seen, nap);
+        }
+    }
+
+    /// Everything known about a job.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let id = store.create(&serde_json::json!([1, 2]))?;
+    /// store.queue(&id, &"t")?;
+    /// let info = store.get(&id)?;
+    /// assert_eq!(info.request, serde_json::json!([1, 2]));
+    /// assert_eq!(info.waiting, vec![serde_json::json!("t")]);
+    /// assert_eq!(info.attempts, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get(&self, id: &JobId) -> Result<JobInfo> {
+        let inner = &self.inner;
+        let rec = inner.read_record(id)?;
+        let value_path = inner.layout.result_value(id);
+        let (result, fulfilled_at) = match read_file(&value_path, READ_LIMIT) {
+            Ok(v) => {
+                let t = fs::symlink_metadata(&value_path)
+                    .and_then(|m| m.modified())
+                    .ok();
+                (Some(v), t)
+            }
+            Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => (None, None),
+            Err(e) => return Err(e),
+        };
+        let (attempts, held) = self.epoch_state(LeaseKind::Work, id)?;
+        let state = if result.is_some() {
+            JobState::Fulfilled
+        } else if held {
+            JobState::Running
+        } else {
+            JobState::Pending
+        };
+        Ok(JobInfo {
+            id: *id,
+            state,
+            created_at: rec.created_time(),
+            request: rec.request,
+            priority: rec.priority,
+            attempts,
+            waiting: self.waiting(id)?,
+            result,
+            fulfilled_at,
+        })
+    }
+
+    /// (highest epoch, whether it is held).
+    fn epoch_state(&self, kind: LeaseKind, id: &JobId) -> Result<(u64, bool)> {
+        let layout = &self.inner.layout;
+        let max = list_names(&layout.claims_dir(kind, id))?
+            .iter()
+            .filter_map(|n| parse_epoch(n))
+            .max()
+            .unwrap_or(0);
+        let held = max > 0 && exists(&layout.held_dir(kind, id, max))?;
+        Ok((max, held))
+    }
+
+    /// The targets waiting for notification, in file-name order.
+    pub(crate) fn waiting(&self, id: &JobId) -> Result<Vec<Value>> {
+        Ok(self
+            .waiting_files(id)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    /// (file name, target) of each waiting target; unreadable files are skipped (recover
+    /// quarantines them).
+    pub(crate) fn waiting_files(&self, id: &JobId) -> Result<Vec<(String, Value)>> {
+        let dir = self.inner.layout.targets_dir(id);
+        let mut names = list_names(&dir)?;
+        names.sort_unstable();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            if !name.ends_with(".json") || name.len() != 69 {
+                continue;
+            }
+            let path = dir.join(&name);
+            let bytes = match read_file(&path, READ_LIMIT) {
+                Ok(b) => b,
+                Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => continue,
+                Err(e) => return Err(e),
+            };
+            match serde_json::from_slice(&bytes) {
+                Ok(v) => out.push((name, v)),
+                Err(e) => tracing::warn!("skipping corrupt target {}: {e}", path.display()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every job's id and state, in creation order. Reads names and metadata only, not file
+    /// contents.
+    pub fn list(&self) -> Result<Vec<JobSummary>> {
+        let layout = &self.inner.layout;
+        let mut out = Vec::new();
+        for shard in list_names(&layout.jobs)? {
+            for name in list_names(&layout.jobs.join(&shard))? {
+                let Ok(id) = name.parse::<JobId>() else {
+                    continue;
+                };
+                if id.shard() != shard {
+                    continue;
+                }
+                let state = if exists(&layout.result_dir(&id))? {
+                    JobState::Fulfilled
+                } else if self.epoch_state(LeaseKind::Work, &id)?.1 {
+                    JobState::Running
+                } else {
+                    JobState::Pending
+                };
+                out.push(JobSummary { id, state });
+            }
+        }
+        out.sort_by_key(|s| s.id);
+        Ok(out)
+    }
+
+    /// Counts per state, from the indexes and lease files (names only, no file contents).
+    pub fn counts(&self) -> Result<Counts> {
+        let inner = &self.inner;
+        let layout = &inner.layout;
+        let mut total = 0u64;
+        for shard in list_names(&layout.jobs)? {
+            total += list_names(&layout.jobs.join(&shard))?
+                .iter()
+                .filter(|n| n.parse::<JobId>().is_ok())
+                .count() as u64;
+        }
+        let mut unfinished = 0u64;
+        let mut oldest: Option<u64> = None;
+        let mut stale = 0u64;
+        for key in crate::index::all_keys(&inner.work)? {
+            let Some((_, _, name)) = crate::index::split_key(&key) else {
+                continue;
+            };
+            let Ok(id) = name.parse::<JobId>() else {
+                continue;
+            };
+            if exists(&layout.result_dir(&id))? || !exists(&layout.job_dir(&id))? {
+                stale += 1;
+                continue;
+            }
+            unfinished += 1;
+            oldest = Some(oldest.map_or(id.unix_millis(), |o| o.min(id.unix_millis())));
+        }
+        let _ = stale;
+        let mut running = 0u64;
+        for name in list_names(&layout.leases)? {
+            if let Some((LeaseKind::Work, id, epoch)) = parse_lease_name(&name) {
+                if exists(&layout.held_dir(LeaseKind::Work, &id, epoch))? {
+                    running += 1;
+                }
+            }
+        }
+        let mut notified = std::collections::HashSet::new();
+        for key in crate::index::all_keys(&inner.notify)? {
+            if let Some(id) =
+                crate::index::split_key(&key).and_then(|(_, _, n)| parse_notify_entry(n))
+            {
+                notified.insert(id);
+            }
+        }
+        let quarantined = list_names(&layout.quarantine)?.len() as u64;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let running = running.min(unfinished);
+        Ok(Counts {
+            pending: unfinished - running,
+            running,
+            fulfilled: total.saturating_sub(unfinished),
+            notifications: notified.len() as u64,
+            quarantined,
+            oldest_pending_age: if unfinished > running {
+                oldest.map(|o| Duration::from_millis(now_ms.saturating_sub(o)))
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Queues a notification target (any JSON value) on a job, before or after fulfilment.
+    /// Set semantics: queueing an equal target again keeps one.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let id = store.create(&0)?;
+    /// store.queue(&id, &serde_json::json!({"b": 1, "a": 2}))?;
+    /// store.queue(&id, &serde_json::json!({"a": 2, "b": 1}))?;
+    /// assert_eq!(store.get(&id)?.waiting.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn queue<T: Serialize + ?Sized>(&self, id: &JobId, target: &T) -> Result<()> {
+        let inner = &self.inner;
+        let canon = canonical_json(target, "target")?;
+        if canon.len() > inner.opts.max_request_bytes {
+            return Err(Error::TooLarge {
+                what: "target",
+                size: canon.len(),
+                limit: inner.opts.max_request_bytes,
+            });
+        }
+        let rec = inner.read_record(id)?;
+        let dir = inner.layout.targets_dir(id);
+        match fs::create_dir(&dir) {
+            Ok(()) => inner.fs.sync_parent(&dir)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotFound(*id)),
+            Err(e) => return Err(e).ctx("create directory", &dir),
+        }
+        let path = dir.join(target_name(&canon));
+        match inner.fs.write_file(&path, &canon) {
+            Ok(()) => {}
+            Err(e) if e.is_io_kind(io::ErrorKind::AlreadyExists) => {}
+            Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => return Err(Error::NotFound(*id)),
+            Err(e) => return Err(e),
+        }
+        if exists(&inner.layout.result_dir(id))? {
+            let nonce = format!("{:08x}", rand_u32());
+            let key = notify_key(id, rec.priority, Some(&nonce));
+            inner.notify.add(&inner.fs, &key)?;
+            inner.offer(LeaseKind::Notify, key);
+        }
+        Ok(())
+    }
+
+    /// Removes a waiting target (a no-op if it is not queued).
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let id = store.create(&0)?;
+    /// store.queue(&id, &"a")?;
+    /// store.unqueue(&id, &"a")?;
+    /// assert!(store.get(&id)?.waiting.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn unqueue<T: Serialize + ?Sized>(&self, id: &JobId, target: &T) -> Result<()> {
+        self.unqueue_all(
+            id,
+            std::slice::from_ref(&serde_json::to_value(target).map_err(|source| {
+                Error::Encode {
+                    what: "target",
+                    source,
+                }
+            })?),
+        )
+    }
+
+    /// Removes several waiting targets; each removal is one atomic unlink.
+    pub fn unqueue_all(&self, id: &JobId, targets: &[Value]) -> Result<()> {
+        let inner = &self.inner;
+        if !exists(&inner.layout.job_dir(id))? {
+            return Err(Error::NotFound(*id));
+        }
+        let dir = inner.layout.targets_dir(id);
+        for t in targets {
+            let canon = canonical_json(t, "target")?;
+            crate::atomic::remove_file_if_exists(&dir.join(target_name(&canon)))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a job in any state, with its result and waiting targets. A holder of its lease
+    /// is told (compromise reason [`CompromiseReason::Removed`](crate::CompromiseReason)).
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let id = store.create(&0)?;
+    /// store.remove(&id)?;
+    /// assert!(matches!(store.get(&id), Err(jobdir::Error::NotFound(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn remove(&self, id: &JobId) -> Result<()> {
+        let inner = &self.inner;
+        let priority = inner.read_record(id).ok().map(|r| r.priority);
+        let dir = inner.layout.job_dir(id);
+        let grave = inner
+            .layout
+            .tmp
+            .join(format!("removed.{id}.{:08x}", rand_u32()));
+        match fs::rename(&dir, &grave) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotFound(*id)),
+            Err(e) => return Err(e).ctx("rename", &dir),
+        }
+        inner.fs.sync_parent(&dir)?;
+        if let Some(p) = priority {
+            inner.work.remove(&pending_key(id, p))?;
+        }
+        if let Err(e) = fs::remove_dir_all(&grave) {
+            tracing::warn!("leaving {} for recover: {e}", grave.display());
+        }
+        Ok(())
+    }
+}
+
+/// A random 32-bit number for unique names.
+pub(crate) fn rand_u32() -> u32 {
+    let b = uuid::Uuid::new_v4().into_bytes();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Creates the directory layout on first use; checks the format marker otherwise.
+fn init_layout(layout: &Layout, fs: &AtomicFs) -> Result<()> {
+    let root = &layout.root;
+    match fs::symlink_metadata(root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::NotAStore {
+                path: root.clone(),
+                reason: "not a directory".into(),
+            });
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs.create_dir_all(root)?,
+        Err(e) => return Err(e).ctx("stat", root),
+    }
+    let marker = layout.marker();
+    if !exists(&marker)? {
+        let known: Vec<&str> = vec![
+            MARKER,
+            "tmp",
+            "jobs",
+            "pending",
+            "notify",
+            "leases",
+            "quarantine",
+        ];
+        if let Some(other) = list_names(root)?
+            .into_iter()
+            .find(|n| !known.contains(&n.as_str()))
+        {
+            return Err(Error::NotAStore {
+                path: root.clone(),
+                reason: format!("it is not empty (holds {other:?}) and has no {MARKER}"),
+            });
+        }
+        for dir in layout.dirs() {
+            fs.create_dir_all(dir)?;
+        }
+        for shard in 0..=255u8 {
+            fs.create_dir_all(&layout.jobs.join(format!("{shard:02x}")))?;
+        }
+        let body = serde_json::json!({"format": "jobdir", "version": FORMAT_VERSION});
+        match fs.write_file(&marker, body.to_string().as_bytes()) {
+            Ok(()) => {}
+            Err(e) if e.is_io_kind(io::ErrorKind::AlreadyExists) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    check_marker(layout)?;
+    for dir in layout.dirs() {
+        if !dir.is_dir() {
+            fs.create_dir_all(dir)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_marker(layout: &Layout) -> Result<()> {
+    let path = layout.marker();
+    let bytes = read_file(&path, 64 * 1024)?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| Error::NotAStore {
+        path: layout.root.clone(),
+        reason: format!("{MARKER} is not JSON: {e}"),
+    })?;
+    if v.get("format").and_then(Value::as_str) != Some("jobdir") {
+        return Err(Error::NotAStore {
+            path: layout.root.clone(),
+            reason: format!("{MARKER} does not say \"format\": \"jobdir\""),
+        });
+    }
+    match v.get("version").and_then(Value::as_u64) {
+        Some(FORMAT_VERSION) => Ok(()),
+        Some(found) => Err(Error::FormatVersion {
+            path: layout.root.clone(),
+            found,
+            supported: FORMAT_VERSION,
+        }),
+        None => Err(Error::NotAStore {
+            path: layout.root.clone(),
+            reason: format!("{MARKER} has no version"),
+        }),
+    }
+}
