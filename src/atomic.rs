@@ -202,11 +202,10 @@ pub(crate) fn touch_file(
     previous: Option<std::time::SystemTime>,
 ) -> io::Result<std::time::SystemTime> {
     let mut now = std::time::SystemTime::now();
-    if let Some(prev) = previous {
-        if now <= prev {
+    if let Some(prev) = previous
+        && now <= prev {
             now = prev + std::time::Duration::from_micros(1);
         }
-    }
     f.set_modified(now)?;
     Ok(now)
 }

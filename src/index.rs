@@ -217,11 +217,10 @@ impl Frontier {
                 }
                 for name in names {
                     let key = format!("{class}/{bucket}/{name}");
-                    if let Horizon::Upto(h) = &self.horizon {
-                        if key <= *h {
+                    if let Horizon::Upto(h) = &self.horizon
+                        && key <= *h {
                             continue;
                         }
-                    }
                     self.keys.insert(key);
                 }
                 self.horizon = Horizon::Upto(format!("{class}/{bucket}/{AFTER_ALL}"));
@@ -242,11 +241,6 @@ impl Frontier {
                 self.horizon = Horizon::Upto(last.clone());
             }
         }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.keys.len()
     }
 }
 

@@ -284,11 +284,10 @@ impl Watch {
             *n -= 1;
             if *n == 0 {
                 self.job_refs.remove(dir);
-                if self.watched.remove(dir) {
-                    if let Some(w) = self.watcher.as_mut() {
+                if self.watched.remove(dir)
+                    && let Some(w) = self.watcher.as_mut() {
                         let _ = w.unwatch(dir);
                     }
-                }
             }
         }
     }
