@@ -68,8 +68,11 @@ impl AtomicFs {
             .permissions(fs::Permissions::from_mode(self.dir_mode))
             .tempdir_in(&self.tmp)
             .ctx("create temporary directory in", &self.tmp)?;
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(self.dir_mode))
-            .ctx("chmod", dir.path())?;
+        if self.dir_mode & 0o070 != 0 {
+            // The umask may have narrowed the mode; group sharing needs it exact.
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(self.dir_mode))
+                .ctx("chmod", dir.path())?;
+        }
         Ok(dir)
     }
 
@@ -102,8 +105,10 @@ impl AtomicFs {
         }
         match fs::DirBuilder::new().mode(self.dir_mode).create(dir) {
             Ok(()) => {
-                fs::set_permissions(dir, fs::Permissions::from_mode(self.dir_mode))
-                    .ctx("chmod", dir)?;
+                if self.dir_mode & 0o070 != 0 {
+                    fs::set_permissions(dir, fs::Permissions::from_mode(self.dir_mode))
+                        .ctx("chmod", dir)?;
+                }
                 self.sync_parent(dir)
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
@@ -203,9 +208,10 @@ pub(crate) fn touch_file(
 ) -> io::Result<std::time::SystemTime> {
     let mut now = std::time::SystemTime::now();
     if let Some(prev) = previous
-        && now <= prev {
-            now = prev + std::time::Duration::from_micros(1);
-        }
+        && now <= prev
+    {
+        now = prev + std::time::Duration::from_micros(1);
+    }
     f.set_modified(now)?;
     Ok(now)
 }

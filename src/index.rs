@@ -146,7 +146,7 @@ impl Frontier {
         let Some(rel) = rel.to_str() else {
             return Ok(());
         };
-        if self.horizon == Horizon::Start {
+        if self.horizon == Horizon::Start || !is_real_dir(dir) {
             return Ok(());
         }
         watch.ensure(dir);
@@ -197,6 +197,9 @@ impl Frontier {
                 continue;
             }
             let class_dir = index.root.join(&class);
+            if !is_real_dir(&class_dir) {
+                continue;
+            }
             watch.ensure(&class_dir);
             for bucket in sorted_names(&class_dir)? {
                 if (class.as_str(), bucket.as_str()) < (h_class.as_str(), h_bucket.as_str()) {
@@ -206,6 +209,9 @@ impl Frontier {
                     continue;
                 };
                 let dir = class_dir.join(&bucket);
+                if !is_real_dir(&dir) {
+                    continue;
+                }
                 watch.ensure(&dir);
                 let names = list_names(&dir)?;
                 if names.is_empty() && end_ms + EMPTY_BUCKET_GRACE_MS < now_ms {
@@ -218,9 +224,10 @@ impl Frontier {
                 for name in names {
                     let key = format!("{class}/{bucket}/{name}");
                     if let Horizon::Upto(h) = &self.horizon
-                        && key <= *h {
-                            continue;
-                        }
+                        && key <= *h
+                    {
+                        continue;
+                    }
                     self.keys.insert(key);
                 }
                 self.horizon = Horizon::Upto(format!("{class}/{bucket}/{AFTER_ALL}"));
@@ -244,6 +251,11 @@ impl Frontier {
     }
 }
 
+/// A directory, and not a symlink to one (planted links are never followed).
+fn is_real_dir(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
 fn sorted_names(dir: &Path) -> Result<Vec<String>> {
     let mut names = list_names(dir)?;
     names.sort_unstable();
@@ -255,13 +267,13 @@ pub(crate) fn all_keys(index: &Index) -> Result<Vec<String>> {
     let mut keys = Vec::new();
     for class in sorted_names(&index.root)? {
         let class_dir = index.root.join(&class);
-        if !class_dir.is_dir() {
+        if !is_real_dir(&class_dir) {
             keys.push(class);
             continue;
         }
         for bucket in sorted_names(&class_dir)? {
             let dir = class_dir.join(&bucket);
-            if !dir.is_dir() {
+            if !is_real_dir(&dir) {
                 keys.push(format!("{class}/{bucket}"));
                 continue;
             }

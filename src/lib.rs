@@ -63,3 +63,8 @@ pub use notification::NotificationLease;
 pub use recover::{Quarantined, RecoverOptions, RecoveryReport};
 pub use store::{Store, StoreBuilder};
 pub use work::WorkLease;
+
+/// The README's Rust example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
