@@ -98,9 +98,10 @@ impl LeaseState {
             *lock(&self.callback) = Some(cb);
             // Lost between the check and the store: fire it ourselves (take() makes it once).
             if self.is_compromised()
-                && let Some(cb) = lock(&self.callback).take() {
-                    cb(self.reason());
-                }
+                && let Some(cb) = lock(&self.callback).take()
+            {
+                cb(self.reason());
+            }
         }
     }
 
@@ -368,9 +369,11 @@ pub(crate) fn judge(inner: &Inner, path: &Path) -> Result<Verdict> {
         Err(_) => None,
     };
     if let Some(m) = &meta
-        && m.host == inner.opts.host_id && f.try_lock().is_ok() {
-            return Ok(Verdict::Dead(Some(f)));
-        }
+        && m.host == inner.opts.host_id
+        && f.try_lock().is_ok()
+    {
+        return Ok(Verdict::Dead(Some(f)));
+    }
     let st = f.metadata().ctx("stat lease file", path)?;
     let mtime = st.modified().ctx("stat lease file", path)?;
     let lease = meta

@@ -157,9 +157,10 @@ impl StoreBuilder {
 /// This machine's identity: `JOBDIR_HOST_ID`, else host name plus the start of the machine id.
 fn default_host_id() -> String {
     if let Ok(h) = std::env::var("JOBDIR_HOST_ID")
-        && !h.is_empty() {
-            return h;
-        }
+        && !h.is_empty()
+    {
+        return h;
+    }
     let host = fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
@@ -801,9 +802,10 @@ impl Store {
         let mut running = 0u64;
         for name in list_names(&layout.leases)? {
             if let Some((LeaseKind::Work, id, epoch)) = parse_lease_name(&name)
-                && exists(&layout.held_dir(LeaseKind::Work, &id, epoch))? {
-                    running += 1;
-                }
+                && exists(&layout.held_dir(LeaseKind::Work, &id, epoch))?
+            {
+                running += 1;
+            }
         }
         let mut notified = std::collections::HashSet::new();
         for key in crate::index::all_keys(&inner.notify)? {

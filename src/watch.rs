@@ -285,9 +285,10 @@ impl Watch {
             if *n == 0 {
                 self.job_refs.remove(dir);
                 if self.watched.remove(dir)
-                    && let Some(w) = self.watcher.as_mut() {
-                        let _ = w.unwatch(dir);
-                    }
+                    && let Some(w) = self.watcher.as_mut()
+                {
+                    let _ = w.unwatch(dir);
+                }
             }
         }
     }
