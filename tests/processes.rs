@@ -500,3 +500,60 @@ fn priorities_then_fifo() {
     assert_eq!(got, want);
     let _: Value = json!(null);
 }
+
+#[test]
+fn a_dead_holder_of_another_host_is_taken_over_only_after_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let lease_ms = 1500;
+    let id = open(dir.path(), lease_ms).create(&json!({"n": 7})).unwrap();
+    let holder = spawn(
+        "hold",
+        dir.path(),
+        &[
+            ("JOBDIR_TEST_LEASE_MS", lease_ms.to_string()),
+            ("JOBDIR_HOST_ID", "host-a".to_string()),
+        ],
+    );
+    holder.expect_line("holding ");
+    holder.signal(libc::SIGKILL);
+    let mut child = holder.child;
+    child.wait().unwrap();
+    // Another host cannot trust a free flock (it may not even see it): only a heartbeat that
+    // stopped changing for a whole lease, watched on its own clock, proves the holder dead.
+    let other_host = Store::builder(dir.path())
+        .lease(Duration::from_millis(lease_ms))
+        .host_id("host-b")
+        .open()
+        .unwrap();
+    assert!(
+        other_host.pull_work().unwrap().is_none(),
+        "taken on first sight"
+    );
+    let job = other_host
+        .pull_work_timeout(Duration::from_secs(60))
+        .unwrap()
+        .expect("taken over after the lease");
+    assert_eq!(job.id(), id);
+    assert_eq!(job.attempt(), 2);
+}
+
+#[test]
+fn handles_are_send_sync_and_cheap_to_clone() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Store>();
+    send::<jobdir::WorkLease>();
+    send::<jobdir::NotificationLease>();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 30_000);
+    let clones: Vec<Store> = (0..4).map(|_| store.clone()).collect();
+    let handles: Vec<_> = clones
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| std::thread::spawn(move || s.create(&json!({ "n": i })).unwrap()))
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(store.counts().unwrap().pending, 4);
+}
