@@ -170,6 +170,7 @@ impl LeaseState {
         let res = fs::rename(&self.held, self.epoch_dir.join(outcome));
         match res {
             Ok(()) => {
+                crate::fault::point("end.after_rename");
                 self.finish();
                 Ok(())
             }
@@ -271,6 +272,7 @@ pub(crate) fn claim(
         Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => return Ok(ClaimOutcome::Busy),
         Err(e) => return Err(e.error).ctx("create lease file", &lease_path),
     };
+    crate::fault::point("claim.after_lease_file");
     let cleanup = |out: ClaimOutcome| -> Result<ClaimOutcome> {
         remove_file_if_exists(&lease_path)?;
         Ok(out)
@@ -296,6 +298,7 @@ pub(crate) fn claim(
     match renamed {
         Ok(()) => {
             let _ = token.keep();
+            crate::fault::point("claim.after_claim");
         }
         Err(e)
             if matches!(

@@ -872,6 +872,7 @@ impl Store {
             Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => return Err(Error::NotFound(*id)),
             Err(e) => return Err(e),
         }
+        crate::fault::point("queue.after_target");
         if exists(&inner.layout.result_dir(id))? {
             let nonce = format!("{:08x}", rand_u32());
             let key = notify_key(id, rec.priority, Some(&nonce));
@@ -943,6 +944,7 @@ impl Store {
             Err(e) => return Err(e).ctx("rename", &dir),
         }
         inner.fs.sync_parent(&dir)?;
+        crate::fault::point("remove.after_rename");
         if let Some(p) = priority {
             inner.work.remove(&pending_key(id, p))?;
         }

@@ -1,0 +1,251 @@
+//! Fault injection: for every named crash point in the protocol, a real process is killed
+//! (SIGKILL) exactly there; then `recover` must heal what is left, and the invariants must hold:
+//! no acknowledged job lost, no result changed, no queued target lost, none re-delivered after
+//! its `done`, no lease file or temporary left. Needs the `fault-injection` feature:
+//!
+//! ```sh
+//! cargo test --release --features fault-injection --test crash_points
+//! ```
+#![cfg(feature = "fault-injection")]
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use jobdir::{JobId, RecoverOptions, Store};
+use serde_json::{Value, json};
+
+/// Every crash point compiled into the library (`grep fault::point src`); the test fails if one
+/// is missing here or is not reached by its scenario.
+const POINTS: &[&str] = &[
+    "create.after_temp_write",
+    "create.after_rename",
+    "create.after_dir_fsync",
+    "create.after_index",
+    "claim.after_lease_file",
+    "claim.after_claim",
+    "fulfill.before_commit",
+    "fulfill.after_result",
+    "fulfill.after_notify_index",
+    "queue.after_target",
+    "done.after_unqueue",
+    "done.after_index",
+    "end.after_rename",
+    "remove.after_rename",
+    "takeover.before_rename",
+    "takeover.after_rename",
+];
+
+macro_rules! say {
+    ($($arg:tt)*) => { println!("@ {}", format!($($arg)*)) };
+}
+
+fn open(dir: &Path) -> Store {
+    Store::builder(dir)
+        .lease(Duration::from_secs(30))
+        .poll_interval(Duration::from_millis(100))
+        .open()
+        .unwrap()
+}
+
+/// The child side: one pass through every protocol step, saying what was acknowledged.
+#[test]
+fn helper() {
+    let Ok(role) = std::env::var("JOBDIR_TEST_ROLE") else {
+        return;
+    };
+    let store = open(Path::new(&std::env::var("JOBDIR_TEST_DIR").unwrap()));
+    if role == "hold" {
+        let job = store.pull_work().unwrap().unwrap();
+        say!("holding {}", job.id());
+        std::thread::sleep(Duration::from_secs(600));
+        return;
+    }
+    let a = store.create(&json!({"job": "a"})).unwrap();
+    say!("created {a}");
+    store.queue(&a, &json!("t1")).unwrap();
+    say!("queued {a} \"t1\"");
+    let b = store.create(&json!({"job": "b"})).unwrap();
+    say!("created {b}");
+    while let Some(job) = store.pull_work().unwrap() {
+        let id = job.id();
+        let value = format!("value of {id}");
+        job.fulfill(&value).unwrap();
+        say!("fulfilled {id} {value}");
+    }
+    store.queue(&a, &json!("t2")).unwrap();
+    say!("queued {a} \"t2\"");
+    while let Some(note) = store.pull_notification().unwrap() {
+        let all = note.waiting().to_vec();
+        let id = note.id();
+        for t in &all {
+            say!("delivered {id} {t}"); // the delivery itself happens before done
+        }
+        note.done(&all).unwrap();
+        for t in &all {
+            say!("done {id} {t}");
+        }
+    }
+    let c = store.create(&json!({"job": "c"})).unwrap();
+    say!("created {c}");
+    let job = store.pull_work().unwrap().unwrap();
+    job.release().unwrap();
+    say!("removing {c}"); // from here on, c may be gone
+    store.remove(&c).unwrap();
+    say!("removed {c}");
+    say!("finished");
+}
+
+fn run(role: &str, dir: &Path, crash_at: Option<&str>) -> (std::process::Child, Vec<String>) {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "helper", "--nocapture", "--test-threads=1", "-q"])
+        .env("JOBDIR_TEST_ROLE", role)
+        .env("JOBDIR_TEST_DIR", dir)
+        .stdout(Stdio::piped());
+    if let Some(p) = crash_at {
+        cmd.env("JOBDIR_CRASH_AT", p);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for line in out.lines().map_while(Result::ok) {
+        if let Some(l) = line.strip_prefix("@ ") {
+            lines.push(l.to_string());
+            if role == "hold" {
+                break;
+            }
+        }
+    }
+    (child, lines)
+}
+
+#[test]
+fn every_crash_point_is_healed_by_recover() {
+    for point in POINTS {
+        check_point(point);
+    }
+}
+
+fn check_point(point: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let store = open(root);
+    let mut held_job = None;
+    if point.starts_with("takeover.") {
+        // A holder dies; the scripted process meets its dead lease and takes it over.
+        held_job = Some(store.create(&json!({"job": "held"})).unwrap());
+        let (mut holder, lines) = run("hold", root, None);
+        assert!(lines[0].starts_with("holding "));
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+    }
+    let (mut child, lines) = run("script", root, Some(point));
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "{point}: crash point not reached ({status}); said {lines:?}"
+    );
+
+    let mut created = HashSet::new();
+    let mut results: HashMap<JobId, String> = HashMap::new();
+    let mut queued: HashSet<(JobId, String)> = HashSet::new();
+    let mut done: HashSet<(JobId, String)> = HashSet::new();
+    let mut delivered: HashSet<(JobId, String)> = HashSet::new();
+    let mut removed = HashSet::new();
+    for l in &lines {
+        let mut it = l.splitn(3, ' ');
+        let (what, id, rest) = (it.next().unwrap(), it.next().unwrap(), it.next());
+        let id: JobId = id.parse().unwrap();
+        match what {
+            "created" => {
+                created.insert(id);
+            }
+            "fulfilled" => {
+                results.insert(id, rest.unwrap().to_string());
+            }
+            "queued" => {
+                queued.insert((id, rest.unwrap().to_string()));
+            }
+            "done" => {
+                done.insert((id, rest.unwrap().to_string()));
+            }
+            "delivered" => {
+                delivered.insert((id, rest.unwrap().to_string()));
+            }
+            "removing" | "removed" => {
+                removed.insert(id);
+            }
+            other => panic!("{other}"),
+        }
+    }
+    created.extend(held_job);
+
+    // Heal, then finish all work the way a restarted deployment would.
+    let fresh = open(root);
+    let report = fresh
+        .recover_with(&RecoverOptions::default().temp_grace(Duration::ZERO))
+        .unwrap();
+    assert!(
+        report.quarantined.is_empty(),
+        "{point}: a crash made junk: {report:?}"
+    );
+    while let Some(job) = fresh.pull_work().unwrap() {
+        job.fulfill("after recovery").unwrap();
+    }
+    let mut delivered_after = HashSet::new();
+    while let Some(note) = fresh.pull_notification().unwrap() {
+        for t in note.waiting() {
+            delivered_after.insert((note.id(), t.to_string()));
+        }
+        let all = note.waiting().to_vec();
+        note.done(&all).unwrap();
+    }
+
+    for id in &created {
+        if removed.contains(id) {
+            continue;
+        }
+        let info = fresh
+            .get(id)
+            .unwrap_or_else(|e| panic!("{point}: acknowledged job {id} lost: {e}"));
+        let got = String::from_utf8(info.result.expect("fulfilled")).unwrap();
+        if let Some(v) = results.get(id) {
+            assert_eq!(&got, v, "{point}: result of {id} changed");
+        }
+        assert!(info.waiting.is_empty(), "{point}: targets left on {id}");
+    }
+    for q in &queued {
+        if removed.contains(&q.0) {
+            continue;
+        }
+        assert!(
+            delivered.contains(q) || delivered_after.contains(q),
+            "{point}: queued target {q:?} never delivered"
+        );
+    }
+    for d in &done {
+        assert!(
+            !delivered_after.contains(d),
+            "{point}: {d:?} delivered again after done"
+        );
+    }
+    let again = fresh
+        .recover_with(&RecoverOptions::default().temp_grace(Duration::ZERO))
+        .unwrap();
+    assert!(again.quarantined.is_empty(), "{point}: {again:?}");
+    let c = fresh.counts().unwrap();
+    assert_eq!(
+        (c.pending, c.running, c.notifications),
+        (0, 0, 0),
+        "{point}: {c:?}"
+    );
+    for sub in ["leases", "tmp"] {
+        let left: Vec<_> = std::fs::read_dir(root.join(sub)).unwrap().collect();
+        assert!(left.is_empty(), "{point}: {sub}/ not empty: {left:?}");
+    }
+    let _: Value = Value::Null;
+}
