@@ -200,6 +200,16 @@ impl LeaseState {
     }
 }
 
+impl LeaseState {
+    /// Behaves as if the holding process died here: the OS lock is dropped and the heartbeat
+    /// stops, but `held/` and the lease file stay for others to judge and take over.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn abandon(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+        drop(lock(&self.file).take());
+    }
+}
+
 /// The result of trying to claim a job or notification.
 pub(crate) enum ClaimOutcome {
     /// The lease is ours.

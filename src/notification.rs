@@ -5,7 +5,6 @@
 //! of a shared list), so a target queued while the notification is held stays for the next
 //! pull; a target is never re-delivered after its `done`.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
@@ -44,7 +43,6 @@ pub struct NotificationLease {
     state: Arc<LeaseState>,
     value: Vec<u8>,
     waiting: Vec<Value>,
-    names: HashSet<String>,
     key: String,
 }
 
@@ -106,22 +104,29 @@ impl NotificationLease {
         }
         crate::fault::point("done.after_index");
         st.end("done")?;
-        if remaining.iter().any(|n| !self.names.contains(n)) {
-            // Queued while we held it: wake notifiers now rather than at the next poll.
-            let path = inner.notify.path(&self.key);
-            if exists(&path)? {
-                let _ = touch_path(&path);
-            }
-            inner.offer(LeaseKind::Notify, self.key.clone());
+        if !remaining.is_empty() {
+            // Targets not delivered, or queued meanwhile: pullable again at once.
+            self.reoffer();
         }
         Ok(())
+    }
+
+    /// Makes the notification's entry visible to pullers again (here and, through a touch,
+    /// in other processes, whose frontiers dropped it while it was held).
+    fn reoffer(&self) {
+        let inner = &self.store.inner;
+        let path = inner.notify.path(&self.key);
+        if exists(&path).unwrap_or(false) {
+            let _ = touch_path(&path);
+        }
+        inner.offer(LeaseKind::Notify, self.key.clone());
     }
 }
 
 impl Drop for NotificationLease {
     fn drop(&mut self) {
-        if !self.state.is_ended() {
-            let _ = self.state.end("released");
+        if !self.state.is_ended() && self.state.end("released").is_ok() {
+            self.reoffer();
         }
     }
 }
@@ -185,14 +190,12 @@ impl Store {
             let _ = state.end("done");
             return Ok(None);
         }
-        let names = files.iter().map(|(n, _)| n.clone()).collect();
         let waiting = files.into_iter().map(|(_, v)| v).collect();
         Ok(Some(NotificationLease {
             store: self.clone(),
             state,
             value,
             waiting,
-            names,
             key: key.to_string(),
         }))
     }

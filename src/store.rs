@@ -286,7 +286,9 @@ impl Inner {
     pub(crate) fn after_fulfilled(&self, id: &JobId, priority: i32) -> Result<()> {
         crate::fault::point("fulfill.after_result");
         if self.has_targets(id)? {
-            self.notify.add(&self.fs, &notify_key(id, priority, None))?;
+            let key = notify_key(id, priority, None);
+            self.notify.add(&self.fs, &key)?;
+            self.offer(LeaseKind::Notify, key);
         }
         crate::fault::point("fulfill.after_notify_index");
         self.work.remove(&pending_key(id, priority))
@@ -803,6 +805,7 @@ impl Store {
         for name in list_names(&layout.leases)? {
             if let Some((LeaseKind::Work, id, epoch)) = parse_lease_name(&name)
                 && exists(&layout.held_dir(LeaseKind::Work, &id, epoch))?
+                && !exists(&layout.result_dir(&id))?
             {
                 running += 1;
             }

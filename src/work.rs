@@ -138,6 +138,14 @@ impl WorkLease {
         self.release_inner()
     }
 
+    /// Test support (feature `fault-injection`): drops the lease as a `kill -9` of this
+    /// process would — OS lock gone, heartbeat stopped, nothing renamed — so that others must
+    /// judge it dead and take it over.
+    #[cfg(feature = "fault-injection")]
+    pub fn abandon(self) {
+        self.state.abandon();
+    }
+
     fn release_inner(&self) -> Result<()> {
         if self.state.is_ended() {
             return Ok(());
