@@ -94,6 +94,29 @@ impl AtomicFs {
         Ok(())
     }
 
+    /// Creates one directory with the store's mode (exact, whatever the umask).
+    pub(crate) fn make_dir(&self, dir: &Path) -> io::Result<()> {
+        fs::DirBuilder::new().mode(self.dir_mode).create(dir)?;
+        if self.dir_mode & 0o070 != 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(self.dir_mode))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` as a complete file at `dest`, atomically replacing what is there.
+    pub(crate) fn replace_file(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = self.temp_file(bytes)?;
+        tmp.persist(dest)
+            .map_err(|e| e.error)
+            .ctx("rename into place", dest)?;
+        self.sync_parent(dest)
+    }
+
+    /// Sets a file's mode exactly when the store is group-shared (the umask may narrow it).
+    pub(crate) fn fix_file_mode(&self, f: &File, path: &Path) -> Result<()> {
+        self.fix_mode(f, self.file_mode, path)
+    }
+
     /// Creates a directory (and missing parents) with the store's mode; existing is fine.
     /// In durable mode the parent of each created directory is fsynced.
     pub(crate) fn create_dir_all(&self, dir: &Path) -> Result<()> {
@@ -147,12 +170,19 @@ impl AtomicFs {
 /// Reads a whole file without following a symlink in its last component, refusing files larger
 /// than `limit` bytes.
 pub(crate) fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    read_file_ino(path, limit).map(|(b, _)| b)
+}
+
+/// [`read_file`], also returning the inode number of the file read.
+pub(crate) fn read_file_ino(path: &Path, limit: u64) -> Result<(Vec<u8>, u64)> {
+    use std::os::unix::fs::MetadataExt;
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .ctx("open", path)?;
-    let len = f.metadata().ctx("stat", path)?.len();
+    let meta = f.metadata().ctx("stat", path)?;
+    let (len, ino) = (meta.len(), meta.ino());
     if len > limit {
         return Err(Error::Corrupt {
             path: path.to_path_buf(),
@@ -161,7 +191,7 @@ pub(crate) fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
     }
     let mut buf = Vec::with_capacity(len as usize);
     f.take(limit + 1).read_to_end(&mut buf).ctx("read", path)?;
-    Ok(buf)
+    Ok((buf, ino))
 }
 
 /// True if `path` exists (without following a final symlink).
@@ -183,7 +213,7 @@ pub(crate) fn remove_file_if_exists(path: &Path) -> Result<bool> {
 }
 
 /// Lists the names in a directory; a missing directory lists as empty. Names that are not UTF-8
-/// are returned through `foreign` so the caller can quarantine them.
+/// are left out: the store never makes one (recovery does not move them either).
 pub(crate) fn list_names(dir: &Path) -> Result<Vec<String>> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,

@@ -59,7 +59,10 @@ impl Index {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&path);
             match res {
-                Ok(_) => return fs.sync_dir(&dir),
+                Ok(f) => {
+                    fs.fix_file_mode(&f, &path)?;
+                    return fs.sync_dir(&dir);
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
                 // The bucket does not exist yet, or a puller removed it as empty just now.
                 Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 8 => {

@@ -245,13 +245,13 @@ pub(crate) fn claim(
         .max()
         .unwrap_or(0);
     if max > 0 && exists(&layout.held_dir(kind, id, max))? {
-        match judge(inner, &layout.lease_file(kind, id, max))? {
+        let judged = match judge(inner, &layout.lease_file(kind, id, max))? {
             Verdict::Live => return Ok(ClaimOutcome::Busy),
-            Verdict::Dead(lock) | Verdict::Missing(lock) => {
-                if !takeover(inner, kind, id, max, lock)? {
-                    return Ok(ClaimOutcome::Busy);
-                }
-            }
+            Verdict::Dead(j) => Some(j),
+            Verdict::Missing => None,
+        };
+        if !takeover(inner, kind, id, max, judged)? {
+            return Ok(ClaimOutcome::Busy);
         }
     }
     let epoch = max + 1;
@@ -290,14 +290,17 @@ pub(crate) fn claim(
     // The token: a fresh directory holding `held/`, renamed into the epoch's name.
     let token = inner.fs_volatile().temp_dir()?;
     let held_tmp = token.path().join("held");
-    fs::create_dir(&held_tmp).ctx("create directory", &held_tmp)?;
+    inner
+        .fs
+        .make_dir(&held_tmp)
+        .ctx("create directory", &held_tmp)?;
     let epoch_dir = layout.epoch_dir(kind, id, epoch);
     let mut renamed = fs::rename(token.path(), &epoch_dir);
     if matches!(&renamed, Err(e) if e.kind() == io::ErrorKind::NotFound) {
         if !exists(&job_dir)? {
             return cleanup(ClaimOutcome::Gone);
         }
-        match fs::create_dir(&claims) {
+        match inner.fs.make_dir(&claims) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return cleanup(ClaimOutcome::Gone),
@@ -351,11 +354,30 @@ pub(crate) fn claim(
 pub(crate) enum Verdict {
     /// The holder is alive (or has not been observed long enough to say otherwise).
     Live,
-    /// The holder is dead: its flock is free on its own host (the lock is held by us and
-    /// returned), or its heartbeat has not changed for a whole lease.
-    Dead(Option<File>),
+    /// The holder is dead: its flock is free on its own host, or its heartbeat has not changed
+    /// for a whole lease.
+    Dead(Judged),
     /// There is no lease file.
-    Missing(Option<File>),
+    Missing,
+}
+
+/// The lease file judged dead: its inode (so that only that file is ever removed, never a
+/// successor's of the same name) and, when proven by `flock`, the lock we now hold on it.
+pub(crate) struct Judged {
+    ino: u64,
+    _lock: Option<File>,
+}
+
+impl Judged {
+    /// Removes the judged lease file, if the name still points to the judged inode.
+    fn remove(&self, path: &Path) -> Result<bool> {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.ino() == self.ino => remove_file_if_exists(path),
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).ctx("stat", path),
+        }
+    }
 }
 
 /// Heartbeat observations: lease file → (mtime, inode, when this value was first seen).
@@ -373,7 +395,7 @@ pub(crate) fn judge(inner: &Inner, path: &Path) -> Result<Verdict> {
         .open(path)
     {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Verdict::Missing(None)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Verdict::Missing),
         Err(e) => return Err(e).ctx("open lease file", path),
     };
     let mut buf = Vec::new();
@@ -381,13 +403,16 @@ pub(crate) fn judge(inner: &Inner, path: &Path) -> Result<Verdict> {
         Ok(_) => serde_json::from_slice(&buf).ok(),
         Err(_) => None,
     };
+    let st = f.metadata().ctx("stat lease file", path)?;
     if let Some(m) = &meta
         && m.host == inner.opts.host_id
         && f.try_lock().is_ok()
     {
-        return Ok(Verdict::Dead(Some(f)));
+        return Ok(Verdict::Dead(Judged {
+            ino: st.ino(),
+            _lock: Some(f),
+        }));
     }
-    let st = f.metadata().ctx("stat lease file", path)?;
     let mtime = st.modified().ctx("stat lease file", path)?;
     let lease = meta
         .map(|m| Duration::from_millis(m.lease_ms))
@@ -398,7 +423,10 @@ pub(crate) fn judge(inner: &Inner, path: &Path) -> Result<Verdict> {
         Some(&(m, ino, since)) if m == mtime && ino == st.ino() => {
             if now.duration_since(since) >= lease {
                 obs.seen.remove(path);
-                Ok(Verdict::Dead(None))
+                Ok(Verdict::Dead(Judged {
+                    ino: st.ino(),
+                    _lock: None,
+                }))
             } else {
                 Ok(Verdict::Live)
             }
@@ -411,14 +439,14 @@ pub(crate) fn judge(inner: &Inner, path: &Path) -> Result<Verdict> {
 }
 
 /// Ends a dead holder's lease: renames its `held/` to `expired` (one winner), removes its lease
-/// file and touches the index entry it was pulled from so pullers notice. Returns false if
-/// someone else ended it first.
+/// file (the judged one only; `None` when there was none) and touches the index entry it was
+/// pulled from so pullers notice. Returns false if someone else ended it first.
 pub(crate) fn takeover(
     inner: &Inner,
     kind: LeaseKind,
     id: &JobId,
     epoch: u64,
-    lock: Option<File>,
+    judged: Option<Judged>,
 ) -> Result<bool> {
     let layout = &inner.layout;
     let held = layout.held_dir(kind, id, epoch);
@@ -432,8 +460,10 @@ pub(crate) fn takeover(
     }
     tracing::info!(job = %id, epoch, kind = kind.prefix(), "took over an expired lease");
     crate::fault::point("takeover.after_rename");
-    remove_file_if_exists(&lease_path)?;
-    drop(lock);
+    if let Some(j) = &judged {
+        j.remove(&lease_path)?;
+    }
+    drop(judged);
     if let Some(entry) = entry {
         let index = match kind {
             LeaseKind::Work => &inner.work,
@@ -493,17 +523,18 @@ pub(crate) fn scan(inner: &Inner, only: Option<Vec<PathBuf>>) -> Result<ScanRepo
             continue;
         }
         if exists(&epoch_dir.join("held"))? {
-            match judge(inner, path)? {
+            let judged = match judge(inner, path)? {
                 Verdict::Live => {
                     if read_meta(path).is_some_and(|m| m.host != inner.opts.host_id) {
                         report.observing += 1;
                     }
+                    continue;
                 }
-                Verdict::Dead(lock) | Verdict::Missing(lock) => {
-                    if takeover(inner, kind, &id, epoch, lock)? {
-                        report.reclaimed += 1;
-                    }
-                }
+                Verdict::Dead(j) => Some(j),
+                Verdict::Missing => None,
+            };
+            if takeover(inner, kind, &id, epoch, judged)? {
+                report.reclaimed += 1;
             }
         } else if exists(&epoch_dir)? {
             // The lease ended; its holder died before removing the file (or is about to).
@@ -512,13 +543,10 @@ pub(crate) fn scan(inner: &Inner, only: Option<Vec<PathBuf>>) -> Result<ScanRepo
             }
         } else {
             // A claim in progress, or a claimant that died before its claim appeared.
-            match judge(inner, path)? {
-                Verdict::Live => {}
-                Verdict::Dead(_) | Verdict::Missing(_) => {
-                    if remove_file_if_exists(path)? {
-                        report.removed += 1;
-                    }
-                }
+            if let Verdict::Dead(j) = judge(inner, path)?
+                && j.remove(path)?
+            {
+                report.removed += 1;
             }
         }
     }

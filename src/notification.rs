@@ -5,20 +5,24 @@
 //! of a shared list), so a target queued while the notification is held stays for the next
 //! pull; a target is never re-delivered after its `done`.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::atomic::{exists, list_names, read_file, remove_file_if_exists, touch_path};
-use crate::error::Result;
+use crate::error::{IoContext, Result};
 use crate::id::JobId;
 use crate::index::split_key;
 use crate::layout::{LeaseKind, parse_notify_entry};
 use crate::lease::{self, ClaimOutcome, CompromiseReason, LeaseState};
-use crate::store::{READ_LIMIT, Store, canonical_json, target_name};
+use crate::store::{READ_LIMIT, Store, canonical_json, rand_u32, target_name};
 use crate::watch::Channel;
 
 /// A fulfilled job's notification, held under a lease by this process. Dropping it without
@@ -43,6 +47,8 @@ pub struct NotificationLease {
     state: Arc<LeaseState>,
     value: Vec<u8>,
     waiting: Vec<Value>,
+    /// Target file name → inode, as pulled.
+    snapshot: HashMap<String, u64>,
     key: String,
 }
 
@@ -91,9 +97,10 @@ impl NotificationLease {
         st.fence()?;
         let dir = inner.layout.targets_dir(&st.id);
         for t in delivered {
-            let canon = canonical_json(t, "target")?;
-            remove_file_if_exists(&dir.join(target_name(&canon)))?;
+            let name = target_name(&canonical_json(t, "target")?);
+            self.unqueue_delivered(&dir, &name)?;
         }
+        inner.fs.sync_dir(&dir)?;
         crate::fault::point("done.after_unqueue");
         let remaining: Vec<String> = list_names(&dir)?
             .into_iter()
@@ -108,6 +115,36 @@ impl NotificationLease {
             // Targets not delivered, or queued meanwhile: pullable again at once.
             self.reoffer();
         }
+        Ok(())
+    }
+
+    /// Removes a delivered target, unless it was queued again while we held the notification
+    /// (a new inode under the same name): that one stays for the next pull.
+    fn unqueue_delivered(&self, dir: &Path, name: &str) -> Result<()> {
+        let path = dir.join(name);
+        let Some(&ino) = self.snapshot.get(name) else {
+            // Not among the targets pulled: a plain unqueue.
+            remove_file_if_exists(&path)?;
+            return Ok(());
+        };
+        let inner = &self.store.inner;
+        let grave = inner.layout.tmp.join(format!("gone.{:08x}", rand_u32()));
+        match fs::rename(&path, &grave) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).ctx("rename", &path),
+        }
+        let same = fs::symlink_metadata(&grave)
+            .map(|m| m.ino() == ino)
+            .unwrap_or(true);
+        if !same {
+            match fs::hard_link(&grave, &path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).ctx("put back", &path),
+            }
+        }
+        remove_file_if_exists(&grave)?;
         Ok(())
     }
 
@@ -143,8 +180,9 @@ impl Store {
     pub fn pull_notification(&self) -> Result<Option<NotificationLease>> {
         let inner = &self.inner;
         let mut last_err = None;
+        let mut refreshed = false;
         loop {
-            let Some(key) = inner.next_key(LeaseKind::Notify)? else {
+            let Some(key) = inner.next_key(LeaseKind::Notify, &mut refreshed)? else {
                 return match last_err {
                     Some(e) => Err(e),
                     None => Ok(None),
@@ -182,20 +220,31 @@ impl Store {
                 inner.notify.remove(key)?;
                 return Ok(None);
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                let _ = state.end("released");
+                return Err(e);
+            }
         };
-        let files = self.waiting_files(&id)?;
+        let files = match self.waiting_files(&id) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = state.end("released");
+                return Err(e);
+            }
+        };
         if files.is_empty() {
             inner.notify.remove(key)?;
             let _ = state.end("done");
             return Ok(None);
         }
-        let waiting = files.into_iter().map(|(_, v)| v).collect();
+        let snapshot = files.iter().map(|(n, _, ino)| (n.clone(), *ino)).collect();
+        let waiting = files.into_iter().map(|(_, v, _)| v).collect();
         Ok(Some(NotificationLease {
             store: self.clone(),
             state,
             value,
             waiting,
+            snapshot,
             key: key.to_string(),
         }))
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::atomic::{exists, list_names, read_file, remove_file_if_exists};
+use crate::atomic::{exists, read_file, remove_file_if_exists};
 use crate::error::{Error, IoContext, Result};
 use crate::id::JobId;
 use crate::index::{all_keys, split_key};
@@ -24,6 +24,15 @@ use crate::layout::{
 };
 use crate::lease;
 use crate::store::{Inner, READ_LIMIT, Store, notify_key, pending_key, rand_u32};
+
+/// Lists a directory for recovery, leaving out the `.nfs*` names an NFS client creates for
+/// files deleted while open (they belong to the client and vanish on their own).
+fn list_names(dir: &Path) -> Result<Vec<String>> {
+    Ok(crate::atomic::list_names(dir)?
+        .into_iter()
+        .filter(|n| !n.starts_with(".nfs"))
+        .collect())
+}
 
 /// Options for [`Store::recover_with`].
 ///
@@ -177,7 +186,7 @@ fn sweep_foreign_top(inner: &Inner, report: &mut RecoveryReport) -> Result<()> {
         "quarantine",
     ];
     for name in list_names(&inner.layout.root)? {
-        if known.contains(&name.as_str()) || name.starts_with(".nfs") {
+        if known.contains(&name.as_str()) {
             continue;
         }
         let p = inner.layout.root.join(&name);
@@ -230,6 +239,13 @@ fn sweep_index(inner: &Inner, first: bool, report: &mut RecoveryReport) -> Resul
     let mut notified = HashSet::new();
     for (index, is_work) in [(&inner.work, true), (&inner.notify, false)] {
         for key in all_keys(index)? {
+            if key
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with(".nfs"))
+            {
+                continue;
+            }
             let path = index.path(&key);
             let parsed = split_key(&key).and_then(|(c, b, n)| {
                 parse_priority_class(c)?;
@@ -313,11 +329,16 @@ fn sweep_jobs(store: &Store, notified: &HashSet<JobId>, report: &mut RecoveryRep
             };
             check_job_parts(inner, &id, report)?;
             let fulfilled = exists(&layout.result_dir(&id))?;
+            let mut fulfilled = fulfilled;
+            if fulfilled && !exists(&layout.result_value(&id))? {
+                // Only a power loss in fast mode (no fsync) leaves this: the result was never
+                // durable, so the job is pending again.
+                let dir = layout.result_dir(&id);
+                fs::remove_dir_all(&dir).ctx("remove", &dir)?;
+                tracing::warn!("job {id}: result lost before it was durable; pending again");
+                fulfilled = false;
+            }
             if fulfilled {
-                if !exists(&layout.result_value(&id))? {
-                    push_q(inner, report, &path, "result/ holds no value")?;
-                    continue;
-                }
                 if inner.has_targets(&id)? && !notified.contains(&id) {
                     inner
                         .notify

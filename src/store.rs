@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::atomic::{AtomicFs, Durability, exists, list_names, read_file};
+use crate::atomic::{AtomicFs, Durability, exists, list_names, read_file, read_file_ino};
 use crate::error::{Error, IoContext, Result};
 use crate::id::JobId;
 use crate::index::{Frontier, Index};
@@ -226,8 +226,10 @@ impl Inner {
 
     /// The next index key to try, in pull order: applies pending file events, re-reads the
     /// disk once per poll interval (or whenever events are unavailable and nothing is known),
-    /// and handles lease files whose holder closed them (ended or died).
-    pub(crate) fn next_key(&self, kind: LeaseKind) -> Result<Option<String>> {
+    /// and handles lease files whose holder closed them (ended or died). `refreshed` is owned
+    /// by one pull: the disk is re-read at most once per pull, so a pull whose every candidate
+    /// is busy ends instead of meeting the same candidates again.
+    pub(crate) fn next_key(&self, kind: LeaseKind, refreshed: &mut bool) -> Result<Option<String>> {
         let (inbox, closed) = {
             let mut st = self.signals.lock();
             let inbox = match kind {
@@ -244,15 +246,17 @@ impl Inner {
         let mut fr = lock(self.frontier(kind));
         let mut watch = lock(&self.watch);
         fr.frontier.absorb(index, inbox, &mut watch)?;
-        let due = fr.last_refresh.elapsed() >= self.opts.poll_interval;
-        if due {
+        if !*refreshed && fr.last_refresh.elapsed() >= self.opts.poll_interval {
             fr.frontier.refresh();
             fr.last_refresh = Instant::now();
+            *refreshed = true;
         }
         let next = fr.frontier.next(index, &mut watch)?;
-        if next.is_none() && !watch.active() && !due {
+        if next.is_none() && !watch.active() && !*refreshed {
+            // Without file events, an empty frontier says nothing: look at the disk.
             fr.frontier.refresh();
             fr.last_refresh = Instant::now();
+            *refreshed = true;
             return fr.frontier.next(index, &mut watch);
         }
         Ok(next)
@@ -716,13 +720,13 @@ impl Store {
         Ok(self
             .waiting_files(id)?
             .into_iter()
-            .map(|(_, v)| v)
+            .map(|(_, v, _)| v)
             .collect())
     }
 
-    /// (file name, target) of each waiting target; unreadable files are skipped (recover
+    /// (file name, target, inode) of each waiting target; unreadable files are skipped (recover
     /// quarantines them).
-    pub(crate) fn waiting_files(&self, id: &JobId) -> Result<Vec<(String, Value)>> {
+    pub(crate) fn waiting_files(&self, id: &JobId) -> Result<Vec<(String, Value, u64)>> {
         let dir = self.inner.layout.targets_dir(id);
         let mut names = list_names(&dir)?;
         names.sort_unstable();
@@ -732,13 +736,13 @@ impl Store {
                 continue;
             }
             let path = dir.join(&name);
-            let bytes = match read_file(&path, READ_LIMIT) {
+            let (bytes, ino) = match read_file_ino(&path, READ_LIMIT) {
                 Ok(b) => b,
                 Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => continue,
                 Err(e) => return Err(e),
             };
             match serde_json::from_slice(&bytes) {
-                Ok(v) => out.push((name, v)),
+                Ok(v) => out.push((name, v, ino)),
                 Err(e) => tracing::warn!("skipping corrupt target {}: {e}", path.display()),
             }
         }
@@ -862,26 +866,41 @@ impl Store {
         }
         let rec = inner.read_record(id)?;
         let dir = inner.layout.targets_dir(id);
-        match fs::create_dir(&dir) {
+        match inner.fs.make_dir(&dir) {
             Ok(()) => inner.fs.sync_parent(&dir)?,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotFound(*id)),
             Err(e) => return Err(e).ctx("create directory", &dir),
         }
+        let result_dir = inner.layout.result_dir(id);
+        // Already fulfilled: index first, so a crash after the target is written still leaves
+        // an entry that leads to it.
+        if exists(&result_dir)? {
+            self.add_notify_entry(id, rec.priority)?;
+        }
+        // Replacing (not keeping) an equal target gives it a new inode: a notification holding
+        // the old one then knows it was queued again and must stay (see `done`).
         let path = dir.join(target_name(&canon));
-        match inner.fs.write_file(&path, &canon) {
+        match inner.fs.replace_file(&path, &canon) {
             Ok(()) => {}
-            Err(e) if e.is_io_kind(io::ErrorKind::AlreadyExists) => {}
             Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => return Err(Error::NotFound(*id)),
             Err(e) => return Err(e),
         }
         crate::fault::point("queue.after_target");
-        if exists(&inner.layout.result_dir(id))? {
-            let nonce = format!("{:08x}", rand_u32());
-            let key = notify_key(id, rec.priority, Some(&nonce));
-            inner.notify.add(&inner.fs, &key)?;
-            inner.offer(LeaseKind::Notify, key);
+        // Fulfilled now: index (again), for a fulfilment that raced this call or a notifier that
+        // consumed the first entry before the target existed.
+        if exists(&result_dir)? {
+            self.add_notify_entry(id, rec.priority)?;
         }
+        Ok(())
+    }
+
+    fn add_notify_entry(&self, id: &JobId, priority: i32) -> Result<()> {
+        let inner = &self.inner;
+        let nonce = format!("{:08x}", rand_u32());
+        let key = notify_key(id, priority, Some(&nonce));
+        inner.notify.add(&inner.fs, &key)?;
+        inner.offer(LeaseKind::Notify, key);
         Ok(())
     }
 
@@ -915,9 +934,13 @@ impl Store {
             return Err(Error::NotFound(*id));
         }
         let dir = inner.layout.targets_dir(id);
+        let mut removed = false;
         for t in targets {
             let canon = canonical_json(t, "target")?;
-            crate::atomic::remove_file_if_exists(&dir.join(target_name(&canon)))?;
+            removed |= crate::atomic::remove_file_if_exists(&dir.join(target_name(&canon)))?;
+        }
+        if removed {
+            inner.fs.sync_dir(&dir)?;
         }
         Ok(())
     }

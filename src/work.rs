@@ -189,8 +189,9 @@ impl Store {
     pub fn pull_work(&self) -> Result<Option<WorkLease>> {
         let inner = &self.inner;
         let mut last_err = None;
+        let mut refreshed = false;
         loop {
-            let Some(key) = inner.next_key(LeaseKind::Work)? else {
+            let Some(key) = inner.next_key(LeaseKind::Work, &mut refreshed)? else {
                 return match last_err {
                     Some(e) => Err(e),
                     None => Ok(None),
@@ -232,7 +233,10 @@ impl Store {
                     inner.work.remove(key)?;
                     Ok(None)
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    let _ = state.end("released");
+                    Err(e)
+                }
             },
             ClaimOutcome::Done => {
                 // A fulfilment crashed before tidying its index entries: finish its work.

@@ -361,6 +361,27 @@ fn a_target_queued_while_a_notification_is_held_stays_for_the_next_pull() {
 }
 
 #[test]
+fn an_equal_target_queued_again_while_held_is_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 30_000);
+    let other = open(dir.path(), 30_000);
+    let id = store.create(&1).unwrap();
+    store.queue(&id, &"same").unwrap();
+    store.fulfill(&id, "v").unwrap();
+    let note = store.pull_notification().unwrap().unwrap();
+    // Delivery is under way; meanwhile someone asks for the same target again.
+    other.queue(&id, &"same").unwrap();
+    note.done(&[json!("same")]).unwrap();
+    assert_eq!(store.get(&id).unwrap().waiting, vec![json!("same")]);
+    let again = other
+        .pull_notification_timeout(Duration::from_secs(30))
+        .unwrap()
+        .expect("the second request is delivered too");
+    again.done(&[json!("same")]).unwrap();
+    assert!(store.get(&id).unwrap().waiting.is_empty());
+}
+
+#[test]
 fn corrupt_and_foreign_files_never_break_a_pull_and_recover_quarantines_them() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 30_000);
