@@ -173,16 +173,33 @@ pub(crate) fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
     read_file_ino(path, limit).map(|(b, _)| b)
 }
 
-/// [`read_file`], also returning the inode number of the file read.
-pub(crate) fn read_file_ino(path: &Path, limit: u64) -> Result<(Vec<u8>, u64)> {
-    use std::os::unix::fs::MetadataExt;
+/// Which file a name pointed to: inode number and modification time (nanoseconds). The mtime
+/// tells apart a new file that reuses a freed inode number; a rename does not change it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    ino: u64,
+    mtime: (i64, i64),
+}
+
+impl FileStamp {
+    pub(crate) fn of(meta: &fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            ino: meta.ino(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        }
+    }
+}
+
+/// [`read_file`], also returning which file was read.
+pub(crate) fn read_file_ino(path: &Path, limit: u64) -> Result<(Vec<u8>, FileStamp)> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .ctx("open", path)?;
     let meta = f.metadata().ctx("stat", path)?;
-    let (len, ino) = (meta.len(), meta.ino());
+    let (len, ino) = (meta.len(), FileStamp::of(&meta));
     if len > limit {
         return Err(Error::Corrupt {
             path: path.to_path_buf(),

@@ -9,14 +9,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::atomic::{exists, list_names, read_file, remove_file_if_exists, touch_path};
+use crate::atomic::{FileStamp, exists, list_names, read_file, remove_file_if_exists, touch_path};
 use crate::error::{IoContext, Result};
 use crate::id::JobId;
 use crate::index::split_key;
@@ -47,8 +46,8 @@ pub struct NotificationLease {
     state: Arc<LeaseState>,
     value: Vec<u8>,
     waiting: Vec<Value>,
-    /// Target file name → inode, as pulled.
-    snapshot: HashMap<String, u64>,
+    /// Target file name → which file it was, as pulled.
+    snapshot: HashMap<String, FileStamp>,
     key: String,
 }
 
@@ -122,7 +121,7 @@ impl NotificationLease {
     /// (a new inode under the same name): that one stays for the next pull.
     fn unqueue_delivered(&self, dir: &Path, name: &str) -> Result<()> {
         let path = dir.join(name);
-        let Some(&ino) = self.snapshot.get(name) else {
+        let Some(&stamp) = self.snapshot.get(name) else {
             // Not among the targets pulled: a plain unqueue.
             remove_file_if_exists(&path)?;
             return Ok(());
@@ -135,7 +134,7 @@ impl NotificationLease {
             Err(e) => return Err(e).ctx("rename", &path),
         }
         let same = fs::symlink_metadata(&grave)
-            .map(|m| m.ino() == ino)
+            .map(|m| FileStamp::of(&m) == stamp)
             .unwrap_or(true);
         if !same {
             match fs::hard_link(&grave, &path) {

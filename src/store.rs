@@ -724,9 +724,12 @@ impl Store {
             .collect())
     }
 
-    /// (file name, target, inode) of each waiting target; unreadable files are skipped (recover
+    /// (file name, target, which file) of each waiting target; unreadable files are skipped (recover
     /// quarantines them).
-    pub(crate) fn waiting_files(&self, id: &JobId) -> Result<Vec<(String, Value, u64)>> {
+    pub(crate) fn waiting_files(
+        &self,
+        id: &JobId,
+    ) -> Result<Vec<(String, Value, crate::atomic::FileStamp)>> {
         let dir = self.inner.layout.targets_dir(id);
         let mut names = list_names(&dir)?;
         names.sort_unstable();

@@ -369,7 +369,9 @@ fn an_equal_target_queued_again_while_held_is_not_lost() {
     store.queue(&id, &"same").unwrap();
     store.fulfill(&id, "v").unwrap();
     let note = store.pull_notification().unwrap().unwrap();
-    // Delivery is under way; meanwhile someone asks for the same target again.
+    // Delivery is under way; meanwhile someone asks for the same target again, twice (the
+    // second file may reuse the first one's freed inode number).
+    other.queue(&id, &"same").unwrap();
     other.queue(&id, &"same").unwrap();
     note.done(&[json!("same")]).unwrap();
     assert_eq!(store.get(&id).unwrap().waiting, vec![json!("same")]);
