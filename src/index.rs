@@ -224,15 +224,26 @@ impl Frontier {
                     }
                     continue;
                 }
-                for name in names {
-                    let key = format!("{class}/{bucket}/{name}");
-                    if let Horizon::Upto(h) = &self.horizon
-                        && key <= *h
-                    {
-                        continue;
-                    }
-                    self.keys.insert(key);
+                let mut fresh: Vec<String> = names
+                    .into_iter()
+                    .map(|name| format!("{class}/{bucket}/{name}"))
+                    .filter(|key| match &self.horizon {
+                        Horizon::Upto(h) => key > h,
+                        _ => true,
+                    })
+                    .collect();
+                let room = LOAD_TARGET.saturating_sub(self.keys.len()).max(1);
+                if fresh.len() > room {
+                    // A big bucket: keep only the first `room` keys in order (linear time),
+                    // and stop the horizon at the last one kept; the rest is read later.
+                    fresh.select_nth_unstable(room - 1);
+                    fresh.truncate(room);
+                    let last = fresh.iter().max().cloned().unwrap_or_default();
+                    self.keys.extend(fresh);
+                    self.horizon = Horizon::Upto(last);
+                    return Ok(());
                 }
+                self.keys.extend(fresh);
                 self.horizon = Horizon::Upto(format!("{class}/{bucket}/{AFTER_ALL}"));
                 self.trim();
                 if self.keys.len() >= LOAD_TARGET {

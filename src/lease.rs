@@ -230,6 +230,7 @@ pub(crate) fn claim(
     entry: &str,
 ) -> Result<ClaimOutcome> {
     let layout = &inner.layout;
+    inner.check_shard(id)?;
     let job_dir = layout.job_dir(id);
     if kind == LeaseKind::Work && exists(&layout.result_dir(id))? {
         return Ok(ClaimOutcome::Done);
@@ -287,13 +288,18 @@ pub(crate) fn claim(
         remove_file_if_exists(&lease_path)?;
         Ok(out)
     };
-    // The token: a fresh directory holding `held/`, renamed into the epoch's name.
+    // The token: a fresh directory holding `held/` and an `epoch` marker (so the epoch
+    // directory is never empty, even after a commit moves `held/` away: a rename onto an empty
+    // directory would succeed and reuse the epoch).
     let token = inner.fs_volatile().temp_dir()?;
     let held_tmp = token.path().join("held");
     inner
         .fs
         .make_dir(&held_tmp)
         .ctx("create directory", &held_tmp)?;
+    inner
+        .fs_volatile()
+        .write_into_private_dir(&token.path().join("epoch"), epoch.to_string().as_bytes())?;
     let epoch_dir = layout.epoch_dir(kind, id, epoch);
     let mut renamed = fs::rename(token.path(), &epoch_dir);
     if matches!(&renamed, Err(e) if e.kind() == io::ErrorKind::NotFound) {
@@ -408,6 +414,12 @@ pub(crate) fn judge(inner: &Inner, path: &Path) -> Result<Verdict> {
         && m.host == inner.opts.host_id
         && f.try_lock().is_ok()
     {
+        // The lock proves death only for the file the name still points to: a holder that
+        // just ended unlinks and closes its file, and a successor may own the name now.
+        let same = fs::symlink_metadata(path).is_ok_and(|now| now.ino() == st.ino());
+        if !same || st.nlink() == 0 {
+            return Ok(Verdict::Live);
+        }
         return Ok(Verdict::Dead(Judged {
             ino: st.ino(),
             _lock: Some(f),
@@ -508,19 +520,37 @@ pub(crate) fn scan(inner: &Inner, only: Option<Vec<PathBuf>>) -> Result<ScanRepo
     };
     let mut report = ScanReport::default();
     for path in &paths {
+        if !fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+            continue; // gone, or not a file: recover quarantines what does not belong
+        }
+        if let Err(e) = scan_one(inner, path, &mut report) {
+            tracing::warn!("lease file {}: {e}", path.display());
+        }
+    }
+    if full {
+        let mut obs = lock(&inner.observations);
+        obs.seen.retain(|p, _| paths.contains(p));
+        obs.last_scan = Some(Instant::now());
+    }
+    Ok(report)
+}
+
+fn scan_one(inner: &Inner, path: &Path, report: &mut ScanReport) -> Result<()> {
+    let layout = &inner.layout;
+    {
         let Some((kind, id, epoch)) = path
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(parse_lease_name)
         else {
-            continue;
+            return Ok(());
         };
         let epoch_dir = layout.epoch_dir(kind, &id, epoch);
         if !exists(&layout.job_dir(&id))? {
             if remove_file_if_exists(path)? {
                 report.removed += 1;
             }
-            continue;
+            return Ok(());
         }
         if exists(&epoch_dir.join("held"))? {
             let judged = match judge(inner, path)? {
@@ -528,7 +558,7 @@ pub(crate) fn scan(inner: &Inner, only: Option<Vec<PathBuf>>) -> Result<ScanRepo
                     if read_meta(path).is_some_and(|m| m.host != inner.opts.host_id) {
                         report.observing += 1;
                     }
-                    continue;
+                    return Ok(());
                 }
                 Verdict::Dead(j) => Some(j),
                 Verdict::Missing => None,
@@ -550,12 +580,7 @@ pub(crate) fn scan(inner: &Inner, only: Option<Vec<PathBuf>>) -> Result<ScanRepo
             }
         }
     }
-    if full {
-        let mut obs = lock(&inner.observations);
-        obs.seen.retain(|p, _| paths.contains(p));
-        obs.last_scan = Some(Instant::now());
-    }
-    Ok(report)
+    Ok(())
 }
 
 /// The heartbeat thread of one store: beats every held lease each interval.

@@ -122,6 +122,11 @@ impl Store {
         report.lease_files_removed = leases.removed;
         report.leases_of_other_hosts = leases.observing;
         for name in list_names(&inner.layout.leases)? {
+            let p = inner.layout.leases.join(&name);
+            if !fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                push_q(inner, &mut report, &p, "a lease must be a plain file")?;
+                continue;
+            }
             if parse_lease_name(&name).is_none() {
                 let p = inner.layout.leases.join(&name);
                 push_q(inner, &mut report, &p, "not a lease file name")?;
@@ -131,6 +136,8 @@ impl Store {
         let notified = sweep_index(inner, true, &mut report)?;
         sweep_jobs(self, &notified, &mut report)?;
         sweep_index(inner, false, &mut report)?;
+        // Entries this process skipped as busy or bad may be pullable now.
+        inner.refresh_frontiers();
         Ok(report)
     }
 }
@@ -165,11 +172,16 @@ pub(crate) fn quarantine(inner: &Inner, path: &Path, reason: &str) -> Result<Pat
         "reason": reason,
         "at": rfc3339(SystemTime::now()),
     });
-    inner
-        .fs
-        .write_file(&dir.join("reason.json"), body.to_string().as_bytes())?;
     let dest = dir.join("item");
-    fs::rename(path, &dest).ctx("move to quarantine", path)?;
+    let moved = inner
+        .fs
+        .write_file(&dir.join("reason.json"), body.to_string().as_bytes())
+        .and_then(|()| fs::rename(path, &dest).ctx("move to quarantine", path));
+    if let Err(e) = moved {
+        // Leave no half-made slot behind (a full disk, say).
+        let _ = fs::remove_dir_all(&dir);
+        return Err(e);
+    }
     inner.fs.sync_parent(path)?;
     tracing::warn!("quarantined {}: {reason}", rel.display());
     Ok(dest)
@@ -302,6 +314,14 @@ fn sweep_jobs(store: &Store, notified: &HashSet<JobId>, report: &mut RecoveryRep
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
         if !is_shard || !fs::symlink_metadata(&shard_dir).is_ok_and(|m| m.is_dir()) {
             push_q(inner, report, &shard_dir, "not a shard directory")?;
+            if is_shard {
+                inner.fs.create_dir_all(&shard_dir)?;
+                inner
+                    .bad_shards
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&shard);
+            }
             continue;
         }
         for name in list_names(&shard_dir)? {

@@ -6,6 +6,7 @@
 //! after the state that makes it unnecessary is durable. A crash therefore leaves at worst an
 //! extra index entry or an unindexed job that `recover` re-indexes, never a half-written job.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -183,6 +184,8 @@ pub(crate) struct Inner {
     notify_frontier: Mutex<FrontierState>,
     pub observations: Mutex<Observations>,
     pub keeper: Keeper,
+    /// Shards found not to be real directories at open (see `init_layout`).
+    pub bad_shards: Mutex<HashSet<String>>,
 }
 
 struct FrontierState {
@@ -273,7 +276,27 @@ impl Inner {
         Ok(())
     }
 
+    /// Refuses a job whose shard is not a real directory (never followed).
+    pub(crate) fn check_shard(&self, id: &JobId) -> Result<()> {
+        let shard = id.shard();
+        if lock(&self.bad_shards).contains(&shard) {
+            return Err(Error::Corrupt {
+                path: self.layout.jobs.join(shard),
+                reason: "a shard must be a directory, not a file or symlink; run recover".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Forgets what this process knows of the indexes; the next pull re-reads the disk.
+    pub(crate) fn refresh_frontiers(&self) {
+        for kind in [LeaseKind::Work, LeaseKind::Notify] {
+            lock(self.frontier(kind)).frontier.refresh();
+        }
+    }
+
     pub(crate) fn read_record(&self, id: &JobId) -> Result<JobRecord> {
+        self.check_shard(id)?;
         let path = self.layout.job_file(id);
         let bytes = read_file(&path, READ_LIMIT).map_err(|e| {
             if e.is_io_kind(io::ErrorKind::NotFound) {
@@ -295,7 +318,12 @@ impl Inner {
             self.offer(LeaseKind::Notify, key);
         }
         crate::fault::point("fulfill.after_notify_index");
-        self.work.remove(&pending_key(id, priority))
+        // The result is committed: a stale entry is harmless (pullers and recover remove it),
+        // so failing to remove it must not make the fulfilment look failed.
+        if let Err(e) = self.work.remove(&pending_key(id, priority)) {
+            tracing::warn!("job {id} fulfilled; its index entry stays: {e}");
+        }
+        Ok(())
     }
 
     pub(crate) fn has_targets(&self, id: &JobId) -> Result<bool> {
@@ -422,7 +450,8 @@ impl Store {
         } else {
             (0o600, 0o700)
         };
-        let layout = Layout::new(dir);
+        let dir = std::path::absolute(dir).ctx("resolve", dir)?;
+        let layout = Layout::new(&dir);
         let fs = AtomicFs {
             tmp: layout.tmp.clone(),
             durability: opts.durability,
@@ -433,7 +462,7 @@ impl Store {
             durability: Durability::Fast,
             ..fs.clone()
         };
-        init_layout(&layout, &fs)?;
+        let bad_shards = init_layout(&layout, &fs)?;
         let signals = Arc::new(Signals::default());
         let watch = Watch::start(&layout, &signals);
         let now = Instant::now();
@@ -459,6 +488,7 @@ impl Store {
                 last_refresh: now,
             }),
             observations: Mutex::new(Observations::default()),
+            bad_shards: Mutex::new(bad_shards),
             keeper: Keeper::default(),
         };
         Ok(Store {
@@ -529,7 +559,10 @@ impl Store {
                 limit: inner.opts.max_request_bytes,
             });
         }
-        let id = JobId::generate();
+        let mut id = JobId::generate();
+        while inner.check_shard(&id).is_err() {
+            id = JobId::generate(); // never write behind a planted link
+        }
         let rec = JobRecord {
             id,
             priority: opts.get_priority(),
@@ -547,13 +580,32 @@ impl Store {
         inner.fs.sync_dir(staging.path())?;
         crate::fault::point("create.after_temp_write");
         let dest = inner.layout.job_dir(&id);
-        fs::rename(staging.path(), &dest).ctx("rename job into", &dest)?;
+        if let Err(e) = fs::rename(staging.path(), &dest) {
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(e).ctx("rename job into", &dest);
+            }
+            // The shard was quarantined by recover: make it again.
+            inner.fs.create_dir_all(&inner.layout.shard_dir(&id))?;
+            fs::rename(staging.path(), &dest).ctx("rename job into", &dest)?;
+        }
         let _ = staging.keep();
         crate::fault::point("create.after_rename");
-        inner.fs.sync_parent(&dest)?;
-        crate::fault::point("create.after_dir_fsync");
         let key = pending_key(&id, rec.priority);
-        inner.work.add(&inner.fs, &key)?;
+        let indexed = inner.fs.sync_parent(&dest).and_then(|()| {
+            crate::fault::point("create.after_dir_fsync");
+            inner.work.add(&inner.fs, &key)
+        });
+        if let Err(e) = indexed {
+            // Not acknowledged: take the job back out, so a caller that retries makes no twin.
+            let grave = inner
+                .layout
+                .tmp
+                .join(format!("unmade.{id}.{:08x}", rand_u32()));
+            if fs::rename(&dest, &grave).is_ok() {
+                let _ = fs::remove_dir_all(&grave);
+            }
+            return Err(e);
+        }
         crate::fault::point("create.after_index");
         inner.offer(LeaseKind::Work, key);
         Ok(id)
@@ -602,6 +654,7 @@ impl Store {
 
     /// The job's result, if it is fulfilled.
     pub fn result(&self, id: &JobId) -> Result<Option<Vec<u8>>> {
+        self.inner.check_shard(id)?;
         let path = self.inner.layout.result_value(id);
         match read_file(&path, READ_LIMIT) {
             Ok(v) => Ok(Some(v)),
@@ -742,7 +795,10 @@ impl Store {
             let (bytes, ino) = match read_file_ino(&path, READ_LIMIT) {
                 Ok(b) => b,
                 Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!("skipping unreadable target: {e}");
+                    continue;
+                }
             };
             match serde_json::from_slice(&bytes) {
                 Ok(v) => out.push((name, v, ino)),
@@ -757,7 +813,11 @@ impl Store {
     pub fn list(&self) -> Result<Vec<JobSummary>> {
         let layout = &self.inner.layout;
         let mut out = Vec::new();
+        let bad = lock(&self.inner.bad_shards).clone();
         for shard in list_names(&layout.jobs)? {
+            if bad.contains(&shard) {
+                continue;
+            }
             for name in list_names(&layout.jobs.join(&shard))? {
                 let Ok(id) = name.parse::<JobId>() else {
                     continue;
@@ -933,6 +993,7 @@ impl Store {
     /// Removes several waiting targets; each removal is one atomic unlink.
     pub fn unqueue_all(&self, id: &JobId, targets: &[Value]) -> Result<()> {
         let inner = &self.inner;
+        inner.check_shard(id)?;
         if !exists(&inner.layout.job_dir(id))? {
             return Err(Error::NotFound(*id));
         }
@@ -991,7 +1052,9 @@ pub(crate) fn rand_u32() -> u32 {
 }
 
 /// Creates the directory layout on first use; checks the format marker otherwise.
-fn init_layout(layout: &Layout, fs: &AtomicFs) -> Result<()> {
+/// Returns the shards that are not real directories (a planted file or symlink): jobs in them
+/// are refused, never reached through the link, until `recover` moves the impostor aside.
+fn init_layout(layout: &Layout, fs: &AtomicFs) -> Result<HashSet<String>> {
     let root = &layout.root;
     match fs::symlink_metadata(root) {
         Ok(m) if m.is_dir() => {}
@@ -1027,9 +1090,6 @@ fn init_layout(layout: &Layout, fs: &AtomicFs) -> Result<()> {
         for dir in layout.dirs() {
             fs.create_dir_all(dir)?;
         }
-        for shard in 0..=255u8 {
-            fs.create_dir_all(&layout.jobs.join(format!("{shard:02x}")))?;
-        }
         let body = serde_json::json!({"format": "jobdir", "version": FORMAT_VERSION});
         match fs.write_file(&marker, body.to_string().as_bytes()) {
             Ok(()) => {}
@@ -1038,12 +1098,38 @@ fn init_layout(layout: &Layout, fs: &AtomicFs) -> Result<()> {
         }
     }
     check_marker(layout)?;
+    // Planted symlinks are refused, never followed: every path is built below these.
     for dir in layout.dirs() {
-        if !dir.is_dir() {
-            fs.create_dir_all(dir)?;
+        match fs::symlink_metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::Corrupt {
+                    path: dir.to_path_buf(),
+                    reason: "must be a directory (not a file or a symlink)".into(),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs.create_dir_all(dir)?,
+            Err(e) => return Err(e).ctx("stat", dir),
         }
     }
-    Ok(())
+    let mut bad = HashSet::new();
+    for shard in 0..=255u8 {
+        let name = format!("{shard:02x}");
+        let path = layout.jobs.join(&name);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                tracing::warn!(
+                    "{} is not a directory: unusable until recover",
+                    path.display()
+                );
+                bad.insert(name);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs.create_dir_all(&path)?,
+            Err(e) => return Err(e).ctx("stat", &path),
+        }
+    }
+    Ok(bad)
 }
 
 fn check_marker(layout: &Layout) -> Result<()> {

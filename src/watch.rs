@@ -26,6 +26,10 @@ pub(crate) enum Channel {
     Result,
 }
 
+/// Most events kept for a handle that does not pull; past this, they are dropped and the next
+/// pull re-reads the disk instead (so a process that only creates or waits holds no backlog).
+const INBOX_CAP: usize = 16_384;
+
 /// Events collected for one index, drained by the next puller.
 #[derive(Default, Debug)]
 pub(crate) struct Inbox {
@@ -168,12 +172,22 @@ impl Signals {
                 _ => &mut st.notify,
             };
             if depth == 3 && appeared && !dir_created {
-                if let Some(key) = rel.to_str() {
+                if inbox.keys.len() >= INBOX_CAP {
+                    inbox.keys.clear();
+                    inbox.rescan = true;
+                } else if let Some(key) = rel.to_str() {
                     inbox.keys.push(key.to_string());
                 }
             } else if depth < 3 && dir_created {
+                if inbox.new_dirs.len() >= INBOX_CAP {
+                    inbox.new_dirs.clear();
+                    inbox.rescan = true;
+                }
                 inbox.new_dirs.push(path.to_path_buf());
             } else if depth < 3 && dir_removed {
+                if inbox.gone_dirs.len() >= INBOX_CAP {
+                    inbox.gone_dirs.clear();
+                }
                 inbox.gone_dirs.push(path.to_path_buf());
                 return;
             } else {
@@ -197,6 +211,10 @@ impl Signals {
                 None => return,
             };
             let mut st = self.lock();
+            if st.leases_closed.len() >= INBOX_CAP {
+                // Nobody is pulling here; the periodic lease scan covers what is dropped.
+                st.leases_closed.clear();
+            }
             st.leases_closed.push(path.to_path_buf());
             Self::bump_locked(&mut st, ch);
             drop(st);
