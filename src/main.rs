@@ -1,1 +1,7 @@
-fn main() {}
+//! The `jobdir` command: a thin shell over the library (see `src/cli/`).
+
+mod cli;
+
+fn main() {
+    std::process::exit(cli::run())
+}

@@ -1,0 +1,202 @@
+//! Commands about individual jobs: create, get, result, wait, queue, unqueue, ls, remove, prune.
+//!
+//! Invariant kept here: input (ids, JSON) is parsed before the store is opened, and commands
+//! about an existing job never create a store.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, ValueEnum};
+use jobdir::{CreateOptions, Error, JobState};
+
+use super::output::{print_job, print_raw};
+use super::{EXIT_NOT_FULFILLED, args, fail, open, open_existing, open_for_job};
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Priority: higher is pulled first; FIFO within a priority
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// The request as JSON; read from stdin when absent or `-`
+    #[arg(value_name = "REQUEST", allow_negative_numbers = true)]
+    request: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct IdArg {
+    /// The job id (as printed by `jobdir create`)
+    #[arg(value_name = "ID")]
+    id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    /// The job id
+    #[arg(value_name = "ID")]
+    id: String,
+    /// Give up after this many seconds (fractions allowed) and exit 124; default: wait forever
+    #[arg(long, value_name = "SECONDS", value_parser = args::seconds)]
+    timeout: Option<Duration>,
+}
+
+#[derive(Args, Debug)]
+pub struct TargetArgs {
+    /// The job id
+    #[arg(value_name = "ID")]
+    id: String,
+    /// The notification target as JSON (for example an address or a callback description)
+    #[arg(value_name = "TARGET", allow_negative_numbers = true)]
+    target: String,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Only jobs in this state
+    #[arg(long, value_enum)]
+    state: Option<StateArg>,
+    /// One JSON object per line, as `jobdir get` prints it
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum StateArg {
+    Pending,
+    Running,
+    Fulfilled,
+}
+
+impl StateArg {
+    fn state(self) -> JobState {
+        match self {
+            StateArg::Pending => JobState::Pending,
+            StateArg::Running => JobState::Running,
+            StateArg::Fulfilled => JobState::Fulfilled,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Remove jobs fulfilled longer ago than this (`7d`, `12h`, `30m`)
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    older_than: Duration,
+}
+
+pub fn create(dir: &Path, a: CreateArgs) -> anyhow::Result<()> {
+    let request = args::json_or_stdin(a.request.as_deref(), "REQUEST")?;
+    let store = open(dir)?;
+    let id = store.create_with(&request, CreateOptions::default().priority(a.priority))?;
+    writeln!(io::stdout().lock(), "{id}")?;
+    Ok(())
+}
+
+pub fn get(dir: &Path, a: IdArg) -> anyhow::Result<()> {
+    let id = args::job_id(&a.id)?;
+    let info = open_for_job(dir, &id)?.get(&id)?;
+    print_job(&mut io::stdout().lock(), &info)
+}
+
+pub fn result(dir: &Path, a: IdArg) -> anyhow::Result<()> {
+    let id = args::job_id(&a.id)?;
+    match open_for_job(dir, &id)?.result(&id)? {
+        Some(bytes) => Ok(print_raw(&bytes)?),
+        None => Err(fail(
+            EXIT_NOT_FULFILLED,
+            format!("job {id} is not fulfilled yet"),
+        )),
+    }
+}
+
+pub fn wait(dir: &Path, a: WaitArgs) -> anyhow::Result<()> {
+    /// Without --timeout, wait in slices of this length, forever.
+    const SLICE: Duration = Duration::from_secs(3600);
+    let id = args::job_id(&a.id)?;
+    let store = open_for_job(dir, &id)?;
+    let bytes = match a.timeout {
+        Some(t) => store.wait(&id, t)?,
+        None => loop {
+            match store.wait(&id, SLICE) {
+                Err(Error::Timeout) => continue,
+                other => break other?,
+            }
+        },
+    };
+    Ok(print_raw(&bytes)?)
+}
+
+pub fn queue(dir: &Path, a: TargetArgs) -> anyhow::Result<()> {
+    let id = args::job_id(&a.id)?;
+    let target = args::json(&a.target, "TARGET")?;
+    open_for_job(dir, &id)?.queue(&id, &target)?;
+    Ok(())
+}
+
+pub fn unqueue(dir: &Path, a: TargetArgs) -> anyhow::Result<()> {
+    let id = args::job_id(&a.id)?;
+    let target = args::json(&a.target, "TARGET")?;
+    open_for_job(dir, &id)?.unqueue(&id, &target)?;
+    Ok(())
+}
+
+pub fn ls(dir: &Path, a: LsArgs) -> anyhow::Result<()> {
+    let Some(store) = open_existing(dir)? else {
+        return Ok(());
+    };
+    let want = a.state.map(StateArg::state);
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    for job in store.list()? {
+        if want.is_some_and(|s| s != job.state) {
+            continue;
+        }
+        if a.json {
+            match store.get(&job.id) {
+                // The state may have moved on since the listing; print what it is now.
+                Ok(info) => print_job(&mut out, &info)?,
+                Err(Error::NotFound(_)) => continue, // removed meanwhile
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            writeln!(out, "{} {}", job.id, job.state)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+pub fn remove(dir: &Path, a: IdArg) -> anyhow::Result<()> {
+    let id = args::job_id(&a.id)?;
+    open_for_job(dir, &id)?.remove(&id)?;
+    Ok(())
+}
+
+pub fn prune(dir: &Path, a: PruneArgs) -> anyhow::Result<()> {
+    let mut removed = 0u64;
+    if let Some(store) = open_existing(dir)? {
+        let cutoff = SystemTime::now()
+            .checked_sub(a.older_than)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        for job in store.list()? {
+            if job.state != JobState::Fulfilled {
+                continue;
+            }
+            let info = match store.get(&job.id) {
+                Ok(info) => info,
+                Err(Error::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let old = info.fulfilled_at.is_some_and(|t| t < cutoff);
+            if old && info.waiting.is_empty() {
+                match store.remove(&job.id) {
+                    Ok(()) => removed += 1,
+                    Err(Error::NotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    let noun = if removed == 1 { "job" } else { "jobs" };
+    writeln!(io::stdout().lock(), "removed {removed} {noun}")?;
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! What the CLI prints: a job as JSON, raw result bytes, human durations.
+//!
+//! Invariant kept here: a job's JSON has one shape everywhere (`get`, `ls --json`), and result
+//! bytes are printed exactly as stored.
+
+use std::io::{self, Write};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use jobdir::JobInfo;
+use serde::Serialize;
+use serde_json::Value;
+
+/// A job as `jobdir get` prints it.
+#[derive(Serialize)]
+pub struct JobJson<'a> {
+    id: String,
+    state: &'static str,
+    priority: i32,
+    request: &'a Value,
+    attempts: u64,
+    created_at: String,
+    waiting: &'a [Value],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fulfilled_at: Option<String>,
+    /// The result when it is UTF-8 text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a str>,
+    /// The result, base64-encoded, when it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result_base64: Option<String>,
+}
+
+impl<'a> JobJson<'a> {
+    pub fn new(info: &'a JobInfo) -> JobJson<'a> {
+        let bytes = info.result.as_deref();
+        let text = bytes.and_then(|b| std::str::from_utf8(b).ok());
+        JobJson {
+            id: info.id.to_string(),
+            state: info.state.as_str(),
+            priority: info.priority,
+            request: &info.request,
+            attempts: info.attempts,
+            created_at: rfc3339(info.created_at),
+            waiting: &info.waiting,
+            fulfilled_at: info.fulfilled_at.map(rfc3339),
+            result: text,
+            result_base64: match (bytes, text) {
+                (Some(b), None) => Some(base64::engine::general_purpose::STANDARD.encode(b)),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Prints a job as one line of JSON.
+pub fn print_job(out: &mut impl Write, info: &JobInfo) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *out, &JobJson::new(info))?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Prints bytes to stdout exactly (no newline added).
+pub fn print_raw(bytes: &[u8]) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()
+}
+
+/// A duration for humans: milliseconds below a second, seconds with two decimals below a
+/// minute, else to the second (`3m 12s`).
+pub fn human(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if d < Duration::from_secs(60) {
+        format!("{:.2}s", d.as_secs_f64())
+    } else {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human(Duration::from_millis(12)), "12ms");
+        assert_eq!(human(Duration::from_millis(1_500)), "1.50s");
+        assert_eq!(human(Duration::from_millis(192_400)), "3m 12s");
+    }
+}

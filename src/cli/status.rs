@@ -1,0 +1,164 @@
+//! `jobdir status` (counts, once or watched) and `jobdir recover` (repair, reported).
+//!
+//! Invariant kept here: both only report what the library returns (`Store::counts`,
+//! `Store::recover_with`); `status` never changes the store.
+
+use std::io::{self, IsTerminal, Write};
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use jobdir::{Counts, RecoverOptions, RecoveryReport};
+use serde::Serialize;
+
+use super::output::human;
+use super::shutdown::Shutdown;
+use super::{args, open_existing};
+
+pub const STATUS_ABOUT: &str = "Show how many jobs are pending, running and fulfilled, how \
+    many fulfilled jobs have notification targets waiting, how many items recovery \
+    quarantined, and the age of the oldest pending job.\n\n\
+    --json prints one object with the keys pending, running, fulfilled, notifications, \
+    quarantined and oldest_pending_age_seconds (a number, or null when nothing is pending). \
+    --watch redraws every second until interrupted.";
+
+pub const RECOVER_ABOUT: &str = "Repair the store now: end the leases of dead holders (their \
+    jobs are pending again), quarantine corrupt or foreign files with the reason (moved to \
+    quarantine/, never deleted), remove abandoned temporary files older than --temp-grace, and \
+    re-index every job. Safe to run at any time, also while workers run; run it from cron or \
+    after a crash. Prints what it did (--json: the full report).";
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print one JSON object
+    #[arg(long)]
+    json: bool,
+    /// Redraw every second until interrupted
+    #[arg(long)]
+    watch: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RecoverArgs {
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+    /// Leave temporary files younger than this alone (a live writer may be using them)
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = args::duration)]
+    temp_grace: Duration,
+}
+
+/// The counts as `status --json` prints them.
+#[derive(Serialize)]
+struct StatusJson {
+    pending: u64,
+    running: u64,
+    fulfilled: u64,
+    notifications: u64,
+    quarantined: u64,
+    oldest_pending_age_seconds: Option<f64>,
+}
+
+impl From<&Counts> for StatusJson {
+    fn from(c: &Counts) -> StatusJson {
+        StatusJson {
+            pending: c.pending,
+            running: c.running,
+            fulfilled: c.fulfilled,
+            notifications: c.notifications,
+            quarantined: c.quarantined,
+            oldest_pending_age_seconds: c
+                .oldest_pending_age
+                .map(|d| (d.as_millis() as f64) / 1000.0),
+        }
+    }
+}
+
+fn render(c: &Counts, json: bool) -> anyhow::Result<String> {
+    if json {
+        return Ok(serde_json::to_string(&StatusJson::from(c))?);
+    }
+    let oldest = c.oldest_pending_age.map_or_else(|| "-".to_string(), human);
+    Ok(format!(
+        "pending         {}\n\
+         running         {}\n\
+         fulfilled       {}\n\
+         notifications   {}\n\
+         quarantined     {}\n\
+         oldest pending  {oldest}",
+        c.pending, c.running, c.fulfilled, c.notifications, c.quarantined
+    ))
+}
+
+pub fn status(dir: &Path, a: StatusArgs) -> anyhow::Result<()> {
+    let store = open_existing(dir)?;
+    let counts = || -> anyhow::Result<Counts> {
+        match &store {
+            Some(s) => Ok(s.counts()?),
+            None => Ok(Counts::default()),
+        }
+    };
+    if !a.watch {
+        writeln!(io::stdout().lock(), "{}", render(&counts()?, a.json)?)?;
+        return Ok(());
+    }
+    let shutdown = Shutdown::register(Duration::ZERO)?;
+    let redraw = io::stdout().is_terminal() && !a.json;
+    while !shutdown.requested() {
+        let started = Instant::now();
+        let text = render(&counts()?, a.json)?;
+        let mut out = io::stdout().lock();
+        if redraw {
+            // Clear the screen and home the cursor, then draw.
+            write!(out, "\x1b[2J\x1b[H{}\n\n(every 1s; Ctrl-C to stop)\n", text)?;
+        } else {
+            writeln!(out, "{text}")?;
+        }
+        out.flush()?;
+        drop(out);
+        while !shutdown.requested() && started.elapsed() < Duration::from_secs(1) {
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+pub fn recover(dir: &Path, a: RecoverArgs) -> anyhow::Result<()> {
+    let report = match open_existing(dir)? {
+        Some(store) => store.recover_with(&RecoverOptions::default().temp_grace(a.temp_grace))?,
+        None => RecoveryReport::default(),
+    };
+    let mut out = io::stdout().lock();
+    if a.json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let q = &report.quarantined;
+    writeln!(out, "leases reclaimed         {}", report.leases_reclaimed)?;
+    writeln!(
+        out,
+        "lease files removed      {}",
+        report.lease_files_removed
+    )?;
+    writeln!(
+        out,
+        "leases of other hosts    {}",
+        report.leases_of_other_hosts
+    )?;
+    writeln!(out, "temporary files removed  {}", report.temp_removed)?;
+    writeln!(out, "index entries added      {}", report.entries_added)?;
+    writeln!(out, "index entries removed    {}", report.entries_removed)?;
+    writeln!(out, "quarantined              {}", q.len())?;
+    for item in q {
+        writeln!(
+            out,
+            "  {} -> {}: {}",
+            item.path.display(),
+            item.now_at.display(),
+            item.reason
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,406 @@
+//! `jobdir work`: pull jobs and run a program once per job; its stdout becomes the result.
+//!
+//! Invariants kept here:
+//! - A result is stored only from a program that exited 0 while its lease was held, through the
+//!   lease (`WorkLease::fulfill`, fenced); every other ending releases the job to pending.
+//! - A program whose lease is lost is terminated and its output never stored.
+//! - A signal stops pulling; running programs get the grace period, then are terminated and
+//!   their jobs released. Nothing is lost: every pulled job is either fulfilled or released.
+
+use std::ffi::{OsStr, OsString};
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use jobdir::{Error, Store, WorkLease};
+
+use super::child::{self, Outcome, Program, Stop};
+use super::output::human;
+use super::shutdown::Shutdown;
+use super::{args, log};
+
+pub const LONG_ABOUT: &str = "Pull jobs and run PROGRAM once per job.\n\n\
+    PROGRAM gets the request JSON on stdin and JOBDIR_JOB_ID, JOBDIR_DIR and JOBDIR_ATTEMPT in \
+    its environment; its stderr is passed through. Exit 0: the job is fulfilled with PROGRAM's \
+    stdout. Any other exit, or death by a signal: the job is released back to pending (its \
+    attempts count grows on the next pull). If the job's lease is lost while PROGRAM runs, \
+    PROGRAM is terminated (SIGTERM, then SIGKILL 5 s later) and its output is not stored.\n\n\
+    A failed job is released after a pause that doubles with its attempts (100 ms, 200 ms, ... \
+    up to 30 s); meanwhile this worker keeps its lease and goes on with other jobs, so a job \
+    that always fails is retried without a hot loop and without holding up the jobs behind it.\n\n\
+    SIGINT or SIGTERM: stop pulling, let running programs finish for up to --grace seconds, \
+    then terminate them and release their jobs; exit 0.\n\n\
+    Shows a progress bar on a terminal, else one line per job on stderr.\n\n\
+    Example: jobdir work --concurrency 4 -- sh -c 'jq .n | factor'";
+
+/// How long one pull waits for a job before the runner looks at its flags again.
+const PULL_SLICE: Duration = Duration::from_millis(200);
+/// A failed job is held this long after its first attempt before it is released, doubling with
+/// each attempt up to [`MAX_RETRY_PAUSE`]. Released at once, the oldest job would be pulled
+/// again first, and a job that always fails would starve every job behind it.
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// The longest a failed job is held before its release.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
+/// Consecutive store errors a worker thread tolerates (with a pause between) before giving up.
+const MAX_STORE_ERRORS: u32 = 5;
+
+#[derive(Args, Debug)]
+pub struct WorkArgs {
+    /// Number of jobs run at once (threads sharing one store)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u64).range(1..=1024)
+    )]
+    concurrency: u64,
+    /// Lease length in seconds: a job whose holder stops heartbeating this long is taken over
+    #[arg(long, value_name = "SECONDS", value_parser = args::seconds)]
+    lease: Option<Duration>,
+    /// Return once no job is pending or running
+    #[arg(long)]
+    until_empty: bool,
+    /// Stop after running PROGRAM this many times
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_jobs: Option<u64>,
+    /// After SIGINT/SIGTERM, how long running programs may take to finish before termination
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = args::seconds)]
+    grace: Duration,
+    /// The program to run per job, and its arguments (after `--`)
+    #[arg(
+        value_name = "PROGRAM",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    program: Vec<OsString>,
+}
+
+/// What every worker thread shares.
+struct Runner {
+    store: Store,
+    program: Program,
+    dir: OsString,
+    until_empty: bool,
+    max_jobs: Option<u64>,
+    shutdown: Shutdown,
+    started: AtomicU64,
+    done: AtomicU64,
+    failed: AtomicU64,
+    fatal: Mutex<Option<anyhow::Error>>,
+    stop_all: AtomicBool,
+    bar: Option<ProgressBar>,
+    /// Failed jobs still held, each with the moment it is to be released.
+    parked: Mutex<Vec<(WorkLease, Instant)>>,
+}
+
+pub fn run(dir: &Path, a: WorkArgs) -> anyhow::Result<()> {
+    let program = Program::resolve(&a.program)?;
+    let mut builder = Store::builder(dir);
+    if let Some(lease) = a.lease {
+        builder = builder.lease(lease);
+    }
+    let store = builder.open()?;
+    let bar = std::io::stderr().is_terminal().then(new_bar);
+    log::set_bar(bar.clone());
+    let runner = Runner {
+        store,
+        program,
+        dir: dir.as_os_str().to_owned(),
+        until_empty: a.until_empty,
+        max_jobs: a.max_jobs,
+        shutdown: Shutdown::register(a.grace)?,
+        started: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        fatal: Mutex::new(None),
+        stop_all: AtomicBool::new(false),
+        bar,
+        parked: Mutex::new(Vec::new()),
+    };
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..a.concurrency)
+            .map(|_| s.spawn(|| runner.worker()))
+            .collect();
+        runner.supervise(&handles);
+    });
+    runner.release_parked(true);
+    if let Some(bar) = &runner.bar {
+        bar.finish_and_clear();
+    }
+    log::set_bar(None);
+    let (done, failed) = (
+        runner.done.load(Ordering::SeqCst),
+        runner.failed.load(Ordering::SeqCst),
+    );
+    log::line(&format!("work: {done} done, {failed} failed"));
+    let fatal = runner.fatal.lock().map(|mut f| f.take()).unwrap_or(None);
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn new_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    let style = ProgressStyle::with_template(
+        "{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} {per_sec:1} ETA {eta} {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+impl Runner {
+    /// The main thread: waits for the workers, keeps the progress bar's length current, and
+    /// says when a shutdown began.
+    fn supervise(&self, handles: &[thread::ScopedJoinHandle<'_, ()>]) {
+        let mut announced = false;
+        let mut last_len: Option<Instant> = None;
+        while !handles.iter().all(|h| h.is_finished()) {
+            if !announced && self.shutdown.requested() {
+                announced = true;
+                log::line(&format!(
+                    "work: stopping; running jobs get {} to finish",
+                    human(self.shutdown.grace())
+                ));
+            }
+            if let Some(bar) = &self.bar
+                && last_len.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+            {
+                last_len = Some(Instant::now());
+                if let Ok(c) = self.store.counts() {
+                    let mut len = bar.position() + c.pending + c.running;
+                    if let Some(max) = self.max_jobs {
+                        len = len.min(max);
+                    }
+                    bar.set_length(len.max(bar.position()));
+                }
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.shutdown.requested() || self.stop_all.load(Ordering::SeqCst)
+    }
+
+    fn set_fatal(&self, e: anyhow::Error) {
+        if let Ok(mut f) = self.fatal.lock() {
+            f.get_or_insert(e);
+        }
+        self.stop_all.store(true, Ordering::SeqCst);
+    }
+
+    /// One worker thread: pull, run, repeat.
+    fn worker(&self) {
+        let mut errors = 0;
+        while !self.stopping() {
+            self.release_parked(false);
+            if let Some(max) = self.max_jobs
+                && self.started.fetch_add(1, Ordering::SeqCst) >= max
+            {
+                return;
+            }
+            let pulled = self.store.pull_work_timeout(PULL_SLICE);
+            let lease = match pulled {
+                Ok(Some(lease)) => {
+                    errors = 0;
+                    lease
+                }
+                Ok(None) => {
+                    errors = 0;
+                    self.give_back_slot();
+                    if self.until_empty && self.is_empty() {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    self.give_back_slot();
+                    errors += 1;
+                    if errors >= MAX_STORE_ERRORS {
+                        self.set_fatal(anyhow::Error::new(e).context("pull work"));
+                        return;
+                    }
+                    tracing::warn!("pull failed (will retry): {e}");
+                    thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            if self.stopping() {
+                // Signalled while pulling: give it back untouched.
+                let _ = lease.release();
+                return;
+            }
+            self.execute(lease);
+        }
+    }
+
+    /// Releases the parked failed jobs whose pause is over (all of them with `all`).
+    fn release_parked(&self, all: bool) {
+        let now = Instant::now();
+        let due: Vec<WorkLease> = {
+            let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+            let (due, keep) = std::mem::take(&mut *parked)
+                .into_iter()
+                .partition(|(_, at)| all || *at <= now);
+            *parked = keep;
+            due.into_iter().map(|(lease, _)| lease).collect()
+        };
+        for lease in due {
+            self.release(lease);
+        }
+    }
+
+    /// Holds a failed job for a pause that grows with its attempts, then releases it.
+    fn park(&self, lease: WorkLease) -> Duration {
+        let doublings = lease.attempt().saturating_sub(1).min(16) as u32;
+        let pause = FIRST_RETRY_PAUSE
+            .saturating_mul(1 << doublings)
+            .min(MAX_RETRY_PAUSE);
+        self.parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((lease, Instant::now() + pause));
+        pause
+    }
+
+    fn give_back_slot(&self) {
+        if self.max_jobs.is_some() {
+            self.started.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// True when no job is pending or running (for --until-empty).
+    fn is_empty(&self) -> bool {
+        match self.store.counts() {
+            Ok(c) => c.pending + c.running == 0,
+            Err(e) => {
+                tracing::warn!("cannot count jobs: {e}");
+                false
+            }
+        }
+    }
+
+    /// Runs PROGRAM for one job and stores, releases or parks it.
+    fn execute(&self, lease: WorkLease) {
+        let id = lease.id();
+        let lost = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&lost);
+        lease.on_compromised(move |reason| {
+            flag.store(true, Ordering::SeqCst);
+            tracing::warn!("job {id}: lease lost ({reason:?})");
+        });
+        let input = match serde_json::to_vec(lease.request()) {
+            Ok(v) => v,
+            Err(e) => {
+                self.set_fatal(anyhow::Error::new(e).context("encode the request"));
+                return;
+            }
+        };
+        let id_text = id.to_string();
+        let attempt = lease.attempt().to_string();
+        let env: [(&str, &OsStr); 3] = [
+            ("JOBDIR_JOB_ID", OsStr::new(&id_text)),
+            ("JOBDIR_DIR", &self.dir),
+            ("JOBDIR_ATTEMPT", OsStr::new(&attempt)),
+        ];
+        let started = Instant::now();
+        let outcome = child::run(&self.program, &env, input, || {
+            if lost.load(Ordering::SeqCst) || lease.is_compromised() {
+                Some(Stop::LeaseLost)
+            } else if self.shutdown.grace_over() {
+                Some(Stop::Shutdown)
+            } else {
+                None
+            }
+        });
+        let took = human(started.elapsed());
+        match outcome {
+            Outcome::Exited { status, stdout } if status.success() => match lease.fulfill(stdout) {
+                Ok(()) => self.job_done(&format!("job {id} done in {took}")),
+                Err(e @ (Error::LeaseLost(_) | Error::AlreadyFulfilled(_))) => self.job_failed(
+                    &format!("job {id} finished but its result was refused: {e}"),
+                ),
+                Err(e) => {
+                    self.job_failed(&format!("job {id}: cannot store the result: {e}"));
+                }
+            },
+            Outcome::Exited { status, .. } => {
+                let pause = self.park(lease);
+                self.job_failed(&format!(
+                    "job {id} failed: {} after {took} (released in {})",
+                    child::describe(status),
+                    human(pause)
+                ));
+            }
+            Outcome::Stopped(Stop::LeaseLost) => {
+                drop(lease);
+                self.job_failed(&format!(
+                    "job {id}: lease lost; {} terminated, output discarded",
+                    self.program.name()
+                ));
+            }
+            Outcome::Stopped(Stop::Shutdown) => {
+                self.release(lease);
+                self.job_failed(&format!(
+                    "job {id}: {} terminated at shutdown (released)",
+                    self.program.name()
+                ));
+            }
+            Outcome::Failed(e) => {
+                self.release(lease);
+                self.job_failed(&format!(
+                    "job {id}: cannot run {}: {e}",
+                    self.program.name()
+                ));
+                self.set_fatal(anyhow::anyhow!("cannot run {}: {e}", self.program.name()));
+            }
+        }
+    }
+
+    fn release(&self, lease: WorkLease) {
+        let id = lease.id();
+        if let Err(e) = lease.release() {
+            tracing::warn!("job {id}: release failed: {e}");
+        }
+    }
+
+    fn job_done(&self, line: &str) {
+        self.done.fetch_add(1, Ordering::SeqCst);
+        match &self.bar {
+            Some(bar) => {
+                bar.inc(1);
+                self.bar_message(bar);
+            }
+            None => log::line(line),
+        }
+    }
+
+    fn job_failed(&self, line: &str) {
+        self.failed.fetch_add(1, Ordering::SeqCst);
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+            self.bar_message(bar);
+        }
+        log::line(line);
+    }
+
+    fn bar_message(&self, bar: &ProgressBar) {
+        bar.set_message(format!(
+            "done {} failed {}",
+            self.done.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst)
+        ));
+    }
+}
