@@ -580,3 +580,33 @@ fn handles_are_send_sync_and_cheap_to_clone() {
     }
     assert_eq!(store.counts().unwrap().pending, 4);
 }
+
+/// Regression: a commit moves `held/` out of its epoch directory; the directory must stay
+/// non-empty, or a stale claimant's rename onto it (POSIX replaces an empty directory) would
+/// claim the same epoch a second time.
+#[test]
+fn a_committed_epoch_cannot_be_claimed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 30_000);
+    let id = store.create(&1).unwrap();
+    store.pull_work().unwrap().unwrap().fulfill("v").unwrap();
+    let shard = &id.to_string()[34..];
+    let epoch = dir
+        .path()
+        .join("jobs")
+        .join(shard)
+        .join(id.to_string())
+        .join("claims/0000000001");
+    assert!(epoch.is_dir());
+    let stale = dir.path().join("tmp/stale-token");
+    std::fs::create_dir_all(stale.join("held")).unwrap();
+    let err = std::fs::rename(&stale, &epoch).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::DirectoryNotEmpty | std::io::ErrorKind::AlreadyExists
+        ),
+        "{err}"
+    );
+    assert_eq!(store.get(&id).unwrap().attempts, 1);
+}
