@@ -42,6 +42,7 @@ pub(crate) struct Options {
     pub host_id: String,
     pub max_request_bytes: usize,
     pub group_shared: bool,
+    pub file_events: bool,
 }
 
 /// Builds a [`Store`] with non-default options.
@@ -69,6 +70,7 @@ pub struct StoreBuilder {
     host_id: Option<String>,
     max_request_bytes: usize,
     group_shared: bool,
+    file_events: bool,
 }
 
 impl StoreBuilder {
@@ -119,6 +121,15 @@ impl StoreBuilder {
         self
     }
 
+    /// Use file events (inotify) to wake pullers and waiters at once (default `true`). With
+    /// `false` the store polls: each pull with nothing known looks at the disk, and blocked
+    /// calls look again every poll interval. inotify sees only this host's changes, so on a
+    /// shared filesystem other hosts' changes are always found by polling.
+    pub fn file_events(mut self, enabled: bool) -> Self {
+        self.file_events = enabled;
+        self
+    }
+
     /// Opens (creating on first use) the store.
     pub fn open(self) -> Result<Store> {
         if self.lease < Duration::from_millis(100) {
@@ -150,6 +161,7 @@ impl StoreBuilder {
             host_id,
             max_request_bytes: self.max_request_bytes,
             group_shared: self.group_shared,
+            file_events: self.file_events,
         };
         Store::open_with(&self.dir, opts)
     }
@@ -441,6 +453,7 @@ impl Store {
             host_id: None,
             max_request_bytes: 1 << 20,
             group_shared: false,
+            file_events: true,
         }
     }
 
@@ -464,7 +477,7 @@ impl Store {
         };
         let bad_shards = init_layout(&layout, &fs)?;
         let signals = Arc::new(Signals::default());
-        let watch = Watch::start(&layout, &signals);
+        let watch = Watch::start(&layout, &signals, opts.file_events);
         let now = Instant::now();
         let inner = Inner {
             work: Index {

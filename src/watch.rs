@@ -239,16 +239,19 @@ pub(crate) struct Watch {
 
 impl Watch {
     /// Starts a watcher that feeds `signals`; falls back to polling if it cannot start.
-    pub(crate) fn start(layout: &Layout, signals: &Arc<Signals>) -> Watch {
+    pub(crate) fn start(layout: &Layout, signals: &Arc<Signals>, enabled: bool) -> Watch {
         let sig = Arc::clone(signals);
         let lay = layout.clone();
-        let watcher = notify::recommended_watcher(move |ev| sig.handle(&lay, ev));
-        let watcher = match watcher {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!("file events unavailable ({e}); polling only");
-                None
+        let watcher = if enabled {
+            match notify::recommended_watcher(move |ev| sig.handle(&lay, ev)) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("file events unavailable ({e}); polling only");
+                    None
+                }
             }
+        } else {
+            None
         };
         let mut w = Watch {
             watcher,

@@ -610,3 +610,26 @@ fn a_committed_epoch_cannot_be_claimed_again() {
     );
     assert_eq!(store.get(&id).unwrap().attempts, 1);
 }
+
+/// Regression: without file events, a pull whose every candidate is held by someone else
+/// must end (it used to re-read the disk and meet the same busy job forever).
+#[test]
+fn without_file_events_a_pull_of_busy_jobs_ends_and_polling_finds_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = open(dir.path(), 30_000);
+    let polling = Store::builder(dir.path())
+        .file_events(false)
+        .poll_interval(Duration::from_millis(50))
+        .open()
+        .unwrap();
+    holder.create(&1).unwrap();
+    let held = holder.pull_work().unwrap().unwrap();
+    assert!(polling.pull_work().unwrap().is_none());
+    let id = holder.create(&2).unwrap();
+    let job = polling
+        .pull_work_timeout(Duration::from_secs(30))
+        .unwrap()
+        .expect("found by polling");
+    assert_eq!(job.id(), id);
+    drop(held);
+}
