@@ -193,11 +193,7 @@ impl FileStamp {
 
 /// [`read_file`], also returning which file was read.
 pub(crate) fn read_file_ino(path: &Path, limit: u64) -> Result<(Vec<u8>, FileStamp)> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .ctx("open", path)?;
+    let f = open_regular(path, false)?;
     let meta = f.metadata().ctx("stat", path)?;
     let (len, ino) = (meta.len(), FileStamp::of(&meta));
     if len > limit {
@@ -263,13 +259,28 @@ pub(crate) fn touch_file(
     Ok(now)
 }
 
-/// Sets a path's modification time to now (a wake-up signal for watchers of its directory).
-pub(crate) fn touch_path(path: &Path) -> Result<()> {
+/// Opens an existing store file: never through a symlink (`O_NOFOLLOW`), never blocking on a
+/// planted FIFO or device (`O_NONBLOCK`), and only if it is a regular file.
+pub(crate) fn open_regular(path: &Path, write: bool) -> Result<File> {
     let f = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .read(!write)
+        .write(write)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .ctx("open", path)?;
+    let meta = f.metadata().ctx("stat", path)?;
+    if !meta.is_file() {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: "not a regular file".into(),
+        });
+    }
+    Ok(f)
+}
+
+/// Sets a path's modification time to now (a wake-up signal for watchers of its directory).
+pub(crate) fn touch_path(path: &Path) -> Result<()> {
+    let f = open_regular(path, true)?;
     f.set_modified(std::time::SystemTime::now())
         .ctx("touch", path)
 }

@@ -16,9 +16,9 @@
 //!   compromise callback fires once and `is_compromised()` turns true.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
@@ -395,14 +395,10 @@ pub(crate) struct Observations {
 
 /// Judges whether the holder of a lease file is alive.
 pub(crate) fn judge(inner: &Inner, path: &Path) -> Result<Verdict> {
-    let mut f = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-    {
+    let mut f = match crate::atomic::open_regular(path, false) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Verdict::Missing),
-        Err(e) => return Err(e).ctx("open lease file", path),
+        Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => return Ok(Verdict::Missing),
+        Err(e) => return Err(e),
     };
     let mut buf = Vec::new();
     let meta: Option<LeaseMeta> = match (&mut f).take(64 * 1024).read_to_end(&mut buf) {
@@ -476,6 +472,9 @@ pub(crate) fn takeover(
         j.remove(&lease_path)?;
     }
     drop(judged);
+    // The entry comes from a file anyone with access could have written: use it only if it is
+    // an index key of this very job (never a path built from arbitrary text).
+    let entry = entry.filter(|e| entry_names_job(kind, id, e));
     if let Some(entry) = entry {
         let index = match kind {
             LeaseKind::Work => &inner.work,
@@ -488,6 +487,23 @@ pub(crate) fn takeover(
         inner.offer(kind, entry);
     }
     Ok(true)
+}
+
+/// True if `entry` is a well-formed index key (`class/bucket/name`) naming job `id`.
+fn entry_names_job(kind: LeaseKind, id: &JobId, entry: &str) -> bool {
+    let Some((class, bucket, name)) = crate::index::split_key(entry) else {
+        return false;
+    };
+    if crate::layout::parse_priority_class(class).is_none()
+        || crate::layout::bucket_end_millis(bucket).is_none()
+    {
+        return false;
+    }
+    let named = match kind {
+        LeaseKind::Work => name.parse::<JobId>().ok(),
+        LeaseKind::Notify => crate::layout::parse_notify_entry(name),
+    };
+    named == Some(*id) && !name.contains('/')
 }
 
 fn read_meta(path: &Path) -> Option<LeaseMeta> {

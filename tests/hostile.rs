@@ -1955,3 +1955,82 @@ fn read_only_store_refuses_writes_clearly_and_changes_nothing() {
     assert_eq!(store.result(&a).unwrap().unwrap(), b"a-done");
     assert!(tmp_names(&store).is_empty());
 }
+
+/// Regression (found by `cargo fuzz`): a lease record's `entry` is touched after a takeover;
+/// an entry that leaves the index (absolute, or with `..`) must never be used.
+#[test]
+fn a_lease_record_cannot_point_a_takeover_outside_the_store() {
+    for evil in ["ABS", "../../../../../../../../../..ABS"] {
+        let (_t, store) = new_store();
+        let id = store.create(&"victim").unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        outside.as_file().set_modified(old).unwrap();
+        // A dead holder of this host, as a crash leaves it: held/ in epoch 1, an unlocked
+        // lease file whose record names the outside file as its index entry.
+        let job_dir = store
+            .dir()
+            .join("jobs")
+            .join(shard(&id))
+            .join(id.to_string());
+        fs::create_dir_all(job_dir.join("claims/0000000001/held")).unwrap();
+        fs::write(job_dir.join("claims/0000000001/epoch"), b"1").unwrap();
+        let entry = evil.replace("ABS", &outside.path().to_string_lossy());
+        let meta = serde_json::json!({
+            "kind": "w", "job": id, "epoch": 1, "host": store.host_id(), "pid": 1,
+            "lease_ms": 200, "acquired_at": "2026-01-01T00:00:00.000Z", "entry": entry,
+        });
+        fs::write(
+            store.dir().join(format!("leases/w.{id}.0000000001")),
+            meta.to_string(),
+        )
+        .unwrap();
+        let s2 = reopen(&store);
+        let job = s2
+            .pull_work()
+            .unwrap()
+            .expect("the dead holder's job is taken over");
+        assert_eq!((job.id(), job.attempt()), (id, 2));
+        assert_eq!(
+            fs::metadata(outside.path()).unwrap().modified().unwrap(),
+            old,
+            "a takeover touched a file outside the store ({entry})"
+        );
+    }
+}
+
+/// Regression: a FIFO planted where a file should be must not block any call.
+#[test]
+fn a_fifo_in_place_of_a_file_never_blocks() {
+    let (_t, store) = new_store();
+    let id = store.create(&"fifo").unwrap();
+    let good = store.create(&"good").unwrap();
+    let job_json = store
+        .dir()
+        .join("jobs")
+        .join(shard(&id))
+        .join(id.to_string())
+        .join("job.json");
+    fs::remove_file(&job_json).unwrap();
+    let c = std::ffi::CString::new(job_json.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s2 = reopen(&store);
+    std::thread::spawn(move || {
+        let got = s2.get(&id).map(|_| ());
+        let mut pulled = Vec::new();
+        while let Ok(Some(j)) = s2.pull_work() {
+            pulled.push(j.id());
+            j.fulfill(b"x").unwrap();
+        }
+        let rec = s2.recover().map(|_| s2.counts().unwrap().quarantined);
+        tx.send((got, pulled, rec)).unwrap();
+    });
+    let (got, pulled, rec) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a FIFO blocked the store");
+    assert!(got.is_err());
+    assert!(pulled.contains(&good));
+    assert!(rec.unwrap() >= 1);
+}
