@@ -857,7 +857,11 @@ impl Store {
         let inner = &self.inner;
         let layout = &inner.layout;
         let mut total = 0u64;
+        let bad = lock(&inner.bad_shards).clone();
         for shard in list_names(&layout.jobs)? {
+            if bad.contains(&shard) {
+                continue;
+            }
             total += list_names(&layout.jobs.join(&shard))?
                 .iter()
                 .filter(|n| n.parse::<JobId>().is_ok())
@@ -1035,6 +1039,7 @@ impl Store {
     /// ```
     pub fn remove(&self, id: &JobId) -> Result<()> {
         let inner = &self.inner;
+        inner.check_shard(id)?;
         let priority = inner.read_record(id).ok().map(|r| r.priority);
         let dir = inner.layout.job_dir(id);
         let grave = inner
