@@ -269,6 +269,9 @@ pub(crate) fn open_regular(path: &Path, write: bool) -> Result<File> {
         .open(path)
         .ctx("open", path)?;
     let meta = f.metadata().ctx("stat", path)?;
+    if meta.is_dir() {
+        return Err(io::Error::from_raw_os_error(libc::EISDIR)).ctx("open", path);
+    }
     if !meta.is_file() {
         return Err(Error::Corrupt {
             path: path.to_path_buf(),
