@@ -27,6 +27,17 @@ pub const FORMAT_VERSION: u64 = 1;
 /// The marker file's name.
 pub(crate) const MARKER: &str = "jobdir.json";
 
+/// Every name that belongs at the top of a store directory.
+pub(crate) const TOP_LEVEL: [&str; 7] = [
+    MARKER,
+    "tmp",
+    "jobs",
+    "pending",
+    "notify",
+    "leases",
+    "quarantine",
+];
+
 /// Width of epoch numbers in claim directory names (zero-padded decimal, so names sort).
 const EPOCH_WIDTH: usize = 10;
 

@@ -11,7 +11,7 @@ use std::fs;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -177,25 +177,7 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn pull_notification(&self) -> Result<Option<NotificationLease>> {
-        let inner = &self.inner;
-        let mut last_err = None;
-        let mut refreshed = false;
-        loop {
-            let Some(key) = inner.next_key(LeaseKind::Notify, &mut refreshed)? else {
-                return match last_err {
-                    Some(e) => Err(e),
-                    None => Ok(None),
-                };
-            };
-            match self.try_notification(&key) {
-                Ok(Some(n)) => return Ok(Some(n)),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!("skipping notification {key}: {e}");
-                    last_err = Some(e);
-                }
-            }
-        }
+        self.pull_next(LeaseKind::Notify, |key| self.try_notification(key))
     }
 
     fn try_notification(&self, key: &str) -> Result<Option<NotificationLease>> {
@@ -254,21 +236,6 @@ impl Store {
         &self,
         timeout: Duration,
     ) -> Result<Option<NotificationLease>> {
-        let inner = &self.inner;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let seen = inner.signals.seq(Channel::Notify);
-            if let Some(n) = self.pull_notification()? {
-                return Ok(Some(n));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            let nap = (deadline - now)
-                .min(inner.opts.poll_interval)
-                .min(inner.opts.heartbeat);
-            inner.signals.wait(Channel::Notify, seen, nap);
-        }
+        self.pull_blocking(Channel::Notify, timeout, || self.pull_notification())
     }
 }

@@ -19,7 +19,7 @@ use crate::id::JobId;
 use crate::index::{all_keys, split_key};
 use crate::job::{JobRecord, rfc3339};
 use crate::layout::{
-    MARKER, bucket_end_millis, parse_epoch, parse_lease_name, parse_notify_entry,
+    TOP_LEVEL, bucket_end_millis, parse_epoch, parse_lease_name, parse_notify_entry,
     parse_priority_class,
 };
 use crate::lease;
@@ -188,15 +188,7 @@ pub(crate) fn quarantine(inner: &Inner, path: &Path, reason: &str) -> Result<Pat
 }
 
 fn sweep_foreign_top(inner: &Inner, report: &mut RecoveryReport) -> Result<()> {
-    let known = [
-        MARKER,
-        "tmp",
-        "jobs",
-        "pending",
-        "notify",
-        "leases",
-        "quarantine",
-    ];
+    let known = TOP_LEVEL;
     for name in list_names(&inner.layout.root)? {
         if known.contains(&name.as_str()) {
             continue;

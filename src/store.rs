@@ -345,6 +345,63 @@ impl Inner {
     }
 }
 
+impl Store {
+    /// Tries index keys in pull order until `try_one` takes one. An error on one candidate is
+    /// logged and skipped (one bad entry never stalls the queue); it is returned only if no
+    /// candidate could be taken at all, so a store-wide failure (read-only, say) is reported.
+    pub(crate) fn pull_next<T>(
+        &self,
+        kind: LeaseKind,
+        mut try_one: impl FnMut(&str) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
+        let mut last_err = None;
+        let mut refreshed = false;
+        loop {
+            let Some(key) = self.inner.next_key(kind, &mut refreshed)? else {
+                return match last_err {
+                    Some(e) => Err(e),
+                    None => Ok(None),
+                };
+            };
+            match try_one(&key) {
+                Ok(Some(taken)) => return Ok(Some(taken)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("skipping {key}: {e}");
+                    last_err = Some(e);
+                }
+            }
+        }
+    }
+
+    /// Repeats `pull` until it takes something or `timeout` passes, sleeping between tries
+    /// until a file event on `ch` (or the poll interval, or a heartbeat interval for lease
+    /// scans) — never a fixed sleep loop.
+    pub(crate) fn pull_blocking<T>(
+        &self,
+        ch: Channel,
+        timeout: Duration,
+        mut pull: impl FnMut() -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = inner.signals.seq(ch);
+            if let Some(taken) = pull()? {
+                return Ok(Some(taken));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let nap = (deadline - now)
+                .min(inner.opts.poll_interval)
+                .min(inner.opts.heartbeat);
+            inner.signals.wait(ch, seen, nap);
+        }
+    }
+}
+
 /// The work-index key of a job.
 pub(crate) fn pending_key(id: &JobId, priority: i32) -> String {
     format!(
@@ -1087,15 +1144,7 @@ fn init_layout(layout: &Layout, fs: &AtomicFs) -> Result<HashSet<String>> {
     }
     let marker = layout.marker();
     if !exists(&marker)? {
-        let known: Vec<&str> = vec![
-            MARKER,
-            "tmp",
-            "jobs",
-            "pending",
-            "notify",
-            "leases",
-            "quarantine",
-        ];
+        let known = crate::layout::TOP_LEVEL;
         if let Some(other) = list_names(root)?
             .into_iter()
             .find(|n| !known.contains(&n.as_str()))

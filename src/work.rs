@@ -8,7 +8,7 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -187,25 +187,7 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn pull_work(&self) -> Result<Option<WorkLease>> {
-        let inner = &self.inner;
-        let mut last_err = None;
-        let mut refreshed = false;
-        loop {
-            let Some(key) = inner.next_key(LeaseKind::Work, &mut refreshed)? else {
-                return match last_err {
-                    Some(e) => Err(e),
-                    None => Ok(None),
-                };
-            };
-            match self.try_work(&key) {
-                Ok(Some(lease)) => return Ok(Some(lease)),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!("skipping {key}: {e}");
-                    last_err = Some(e);
-                }
-            }
-        }
+        self.pull_next(LeaseKind::Work, |key| self.try_work(key))
     }
 
     fn try_work(&self, key: &str) -> Result<Option<WorkLease>> {
@@ -266,22 +248,7 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn pull_work_timeout(&self, timeout: Duration) -> Result<Option<WorkLease>> {
-        let inner = &self.inner;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let seen = inner.signals.seq(Channel::Work);
-            if let Some(lease) = self.pull_work()? {
-                return Ok(Some(lease));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            let nap = (deadline - now)
-                .min(inner.opts.poll_interval)
-                .min(inner.opts.heartbeat);
-            inner.signals.wait(Channel::Work, seen, nap);
-        }
+        self.pull_blocking(Channel::Work, timeout, || self.pull_work())
     }
 }
 
