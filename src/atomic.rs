@@ -170,7 +170,7 @@ impl AtomicFs {
 /// Reads a whole file without following a symlink in its last component, refusing files larger
 /// than `limit` bytes.
 pub(crate) fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    read_file_ino(path, limit).map(|(b, _)| b)
+    read_file_ino(path, limit).map(|(b, _, _)| b)
 }
 
 /// Which file a name pointed to: inode number and modification time (nanoseconds). The mtime
@@ -191,9 +191,10 @@ impl FileStamp {
     }
 }
 
-/// [`read_file`], also returning which file was read.
-pub(crate) fn read_file_ino(path: &Path, limit: u64) -> Result<(Vec<u8>, FileStamp)> {
-    let f = open_regular(path, false)?;
+/// [`read_file`], also returning which file was read, and the open file (holding it open keeps
+/// its inode number from being reused).
+pub(crate) fn read_file_ino(path: &Path, limit: u64) -> Result<(Vec<u8>, FileStamp, File)> {
+    let mut f = open_regular(path, false)?;
     let meta = f.metadata().ctx("stat", path)?;
     let (len, ino) = (meta.len(), FileStamp::of(&meta));
     if len > limit {
@@ -203,8 +204,11 @@ pub(crate) fn read_file_ino(path: &Path, limit: u64) -> Result<(Vec<u8>, FileSta
         });
     }
     let mut buf = Vec::with_capacity(len as usize);
-    f.take(limit + 1).read_to_end(&mut buf).ctx("read", path)?;
-    Ok((buf, ino))
+    (&mut f)
+        .take(limit + 1)
+        .read_to_end(&mut buf)
+        .ctx("read", path)?;
+    Ok((buf, ino, f))
 }
 
 /// True if `path` exists (without following a final symlink).

@@ -48,6 +48,8 @@ pub struct NotificationLease {
     waiting: Vec<Value>,
     /// Target file name → which file it was, as pulled.
     snapshot: HashMap<String, FileStamp>,
+    /// The pulled target files, held open (see `PIN_LIMIT`).
+    _pinned: Vec<fs::File>,
     key: String,
 }
 
@@ -60,6 +62,10 @@ impl fmt::Debug for NotificationLease {
             .finish()
     }
 }
+
+/// At most this many pulled target files are held open per notification; beyond it, a target
+/// is told apart by inode number and mtime alone.
+const PIN_LIMIT: usize = 256;
 
 impl NotificationLease {
     /// The job whose result is being delivered.
@@ -218,14 +224,18 @@ impl Store {
             let _ = state.end("done");
             return Ok(None);
         }
-        let snapshot = files.iter().map(|(n, _, ino)| (n.clone(), *ino)).collect();
-        let waiting = files.into_iter().map(|(_, v, _)| v).collect();
+        let snapshot = files.iter().map(|t| (t.name.clone(), t.stamp)).collect();
+        let waiting = files.iter().map(|t| t.value.clone()).collect();
+        // Holding the pulled files open keeps their inode numbers from being reused by a target
+        // queued again meanwhile, so `done` tells them apart exactly (bounded: file descriptors).
+        let pinned = files.into_iter().take(PIN_LIMIT).map(|t| t.file).collect();
         Ok(Some(NotificationLease {
             store: self.clone(),
             state,
             value,
             waiting,
             snapshot,
+            _pinned: pinned,
             key: key.to_string(),
         }))
     }

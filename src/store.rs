@@ -402,6 +402,14 @@ impl Store {
     }
 }
 
+/// A waiting target as read: its file name, value, which file it was, and that file, open.
+pub(crate) struct TargetFile {
+    pub name: String,
+    pub value: Value,
+    pub stamp: crate::atomic::FileStamp,
+    pub file: fs::File,
+}
+
 /// The work-index key of a job.
 pub(crate) fn pending_key(id: &JobId, priority: i32) -> String {
     format!(
@@ -843,16 +851,13 @@ impl Store {
         Ok(self
             .waiting_files(id)?
             .into_iter()
-            .map(|(_, v, _)| v)
+            .map(|t| t.value)
             .collect())
     }
 
-    /// (file name, target, which file) of each waiting target; unreadable files are skipped (recover
+    /// Each waiting target, in file-name order; unreadable files are skipped (recover
     /// quarantines them).
-    pub(crate) fn waiting_files(
-        &self,
-        id: &JobId,
-    ) -> Result<Vec<(String, Value, crate::atomic::FileStamp)>> {
+    pub(crate) fn waiting_files(&self, id: &JobId) -> Result<Vec<TargetFile>> {
         let dir = self.inner.layout.targets_dir(id);
         let mut names = list_names(&dir)?;
         names.sort_unstable();
@@ -862,7 +867,7 @@ impl Store {
                 continue;
             }
             let path = dir.join(&name);
-            let (bytes, ino) = match read_file_ino(&path, READ_LIMIT) {
+            let (bytes, stamp, file) = match read_file_ino(&path, READ_LIMIT) {
                 Ok(b) => b,
                 Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => continue,
                 Err(e) => {
@@ -871,7 +876,12 @@ impl Store {
                 }
             };
             match serde_json::from_slice(&bytes) {
-                Ok(v) => out.push((name, v, ino)),
+                Ok(value) => out.push(TargetFile {
+                    name,
+                    value,
+                    stamp,
+                    file,
+                }),
                 Err(e) => tracing::warn!("skipping corrupt target {}: {e}", path.display()),
             }
         }

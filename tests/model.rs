@@ -60,6 +60,8 @@ struct MJob {
     dead_holder: bool,
     targets: BTreeSet<String>,
     note_held: bool,
+    /// Targets queued (again) while the notification was held: `done` must keep them.
+    queued_while_held: BTreeSet<String>,
 }
 
 struct World {
@@ -112,6 +114,7 @@ impl World {
                     dead_holder: false,
                     targets: BTreeSet::new(),
                     note_held: false,
+                    queued_while_held: BTreeSet::new(),
                 });
             }
             Op::Pull => {
@@ -203,6 +206,9 @@ impl World {
                 let j = &mut self.jobs[i % n];
                 self.store.queue(&j.id, &target(t)).unwrap();
                 j.targets.insert(target(t).to_string());
+                if j.note_held {
+                    j.queued_while_held.insert(target(t).to_string());
+                }
             }
             Op::Unqueue(i, t) => {
                 if self.jobs.is_empty() {
@@ -212,6 +218,7 @@ impl World {
                 let j = &mut self.jobs[i % n];
                 self.store.unqueue(&j.id, &target(t)).unwrap();
                 j.targets.remove(&target(t).to_string());
+                j.queued_while_held.remove(&target(t).to_string());
             }
             Op::PullNote => {
                 let candidates: BTreeSet<JobId> = self
@@ -254,8 +261,11 @@ impl World {
                 let j = self.job(id);
                 j.note_held = false;
                 for d in delivered {
-                    j.targets.remove(&d.to_string());
+                    if !j.queued_while_held.contains(&d.to_string()) {
+                        j.targets.remove(&d.to_string());
+                    }
                 }
+                j.queued_while_held.clear();
             }
             Op::DropNote(i) => {
                 if self.notes.is_empty() {
@@ -264,7 +274,9 @@ impl World {
                 let n = self.notes.remove(i % self.notes.len());
                 let id = n.id();
                 drop(n);
-                self.job(id).note_held = false;
+                let j = self.job(id);
+                j.note_held = false;
+                j.queued_while_held.clear();
             }
             Op::Recover => {
                 let report = self.store.recover().unwrap();
@@ -287,7 +299,9 @@ impl World {
                 for n in self.notes.drain(..) {
                     let id = n.id();
                     drop(n);
-                    self.jobs.iter_mut().find(|j| j.id == id).unwrap().note_held = false;
+                    let j = self.jobs.iter_mut().find(|j| j.id == id).unwrap();
+                    j.note_held = false;
+                    j.queued_while_held.clear();
                 }
                 self.store = Store::builder(self.dir.path())
                     .poll_interval(Duration::from_secs(60))
