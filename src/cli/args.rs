@@ -81,3 +81,21 @@ mod tests {
         assert_eq!(json("[1]", "REQUEST").ok(), Some(serde_json::json!([1])));
     }
 }
+
+/// What `work` and `notify` both take: the grace period after a signal, and the program.
+#[derive(clap::Args, Debug)]
+pub struct ProgramArgs {
+    /// After SIGINT/SIGTERM, how long running programs may take to finish before termination
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = seconds)]
+    pub grace: std::time::Duration,
+    /// The program to run (once per job for `work`, once per target for `notify`), and its
+    /// arguments (after `--`)
+    #[arg(
+        value_name = "PROGRAM",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub program: Vec<std::ffi::OsString>,
+}

@@ -51,18 +51,8 @@ pub struct NotifyArgs {
     /// Return once no notification is waiting (failed targets stay queued)
     #[arg(long)]
     until_empty: bool,
-    /// After SIGINT/SIGTERM, how long running programs may take to finish before termination
-    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = args::seconds)]
-    grace: Duration,
-    /// The program to run per target, and its arguments (after `--`)
-    #[arg(
-        value_name = "PROGRAM",
-        required = true,
-        num_args = 1..,
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
-    program: Vec<OsString>,
+    #[command(flatten)]
+    run: args::ProgramArgs,
 }
 
 /// A target that failed in this run: how often, and when last.
@@ -81,24 +71,20 @@ struct Notifier {
     failed: Mutex<HashMap<(JobId, String), Failed>>,
     delivered: AtomicU64,
     failures: AtomicU64,
-    fatal: Mutex<Option<anyhow::Error>>,
-    stop_all: AtomicBool,
 }
 
 pub fn run(dir: &Path, a: NotifyArgs) -> anyhow::Result<()> {
-    let program = Program::resolve(&a.program)?;
+    let program = Program::resolve(&a.run.program)?;
     let store = Store::open(dir)?;
     let n = Notifier {
         store,
         program,
         dir: dir.as_os_str().to_owned(),
         until_empty: a.until_empty,
-        shutdown: Shutdown::register(a.grace)?,
+        shutdown: Shutdown::register(a.run.grace)?,
         failed: Mutex::new(HashMap::new()),
         delivered: AtomicU64::new(0),
         failures: AtomicU64::new(0),
-        fatal: Mutex::new(None),
-        stop_all: AtomicBool::new(false),
     };
     thread::scope(|s| {
         for _ in 0..a.concurrency {
@@ -110,47 +96,28 @@ pub fn run(dir: &Path, a: NotifyArgs) -> anyhow::Result<()> {
         n.delivered.load(Ordering::SeqCst),
         n.failures.load(Ordering::SeqCst)
     ));
-    let fatal = n
-        .fatal
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take();
-    match fatal {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    n.shutdown.outcome()
 }
 
 impl Notifier {
-    fn stopping(&self) -> bool {
-        self.shutdown.requested() || self.stop_all.load(Ordering::SeqCst)
-    }
-
-    fn set_fatal(&self, e: anyhow::Error) {
-        self.fatal
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_or_insert(e);
-        self.stop_all.store(true, Ordering::SeqCst);
-    }
-
     fn worker(&self) {
         // Notifications whose every target is backing off: held (the lease is heartbeated) so
         // that the next pull reaches the notifications behind them, and let go when a retry is
         // due.
         let mut parked: Vec<(NotificationLease, Instant)> = Vec::new();
-        while !self.stopping() {
+        while !self.shutdown.stopping() {
             parked.retain(|(_, due)| *due > Instant::now());
             let note = match self.store.pull_notification_timeout(PULL_SLICE) {
                 Ok(Some(note)) => note,
                 Ok(None) if self.until_empty => return,
                 Ok(None) => continue,
                 Err(e) => {
-                    self.set_fatal(anyhow::Error::new(e).context("pull a notification"));
+                    self.shutdown
+                        .fail(anyhow::Error::new(e).context("pull a notification"));
                     return;
                 }
             };
-            if self.stopping() {
+            if self.shutdown.stopping() {
                 return; // dropping the lease releases it, every target still queued
             }
             match self.next_retry(&note) {
@@ -216,7 +183,7 @@ impl Notifier {
             if self.skip(&key) {
                 continue;
             }
-            if self.shutdown.grace_over() || self.stop_all.load(Ordering::SeqCst) {
+            if self.shutdown.grace_over() || self.shutdown.aborted() {
                 break;
             }
             let env: [(&str, &OsStr); 3] = [
@@ -249,7 +216,8 @@ impl Notifier {
                 }
                 Outcome::Stopped(Stop::Shutdown) => "terminated at shutdown".to_string(),
                 Outcome::Failed(e) => {
-                    self.set_fatal(anyhow::anyhow!("cannot run {}: {e}", self.program.name()));
+                    self.shutdown
+                        .fail(anyhow::anyhow!("cannot run {}: {e}", self.program.name()));
                     format!("cannot run: {e}")
                 }
             };

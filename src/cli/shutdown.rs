@@ -1,11 +1,12 @@
-//! SIGINT/SIGTERM handling for the long-running commands (`work`, `notify`, `status --watch`).
+//! SIGINT/SIGTERM handling for the long-running commands (`work`, `notify`, `status --watch`),
+//! and the fatal error that stops every thread of a runner.
 //!
 //! Invariant kept here: a signal never kills the runner outright: it sets a flag; the runner
 //! stops pulling, lets running programs finish until the grace period ends, then terminates
 //! them and releases their leases.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -16,6 +17,9 @@ pub struct Shutdown {
     requested: Arc<AtomicBool>,
     since: OnceLock<Instant>,
     grace: Duration,
+    /// The first fatal error of any thread; set, it stops them all at once.
+    fatal: Mutex<Option<anyhow::Error>>,
+    aborted: AtomicBool,
 }
 
 impl Shutdown {
@@ -29,7 +33,41 @@ impl Shutdown {
             requested,
             since: OnceLock::new(),
             grace,
+            fatal: Mutex::new(None),
+            aborted: AtomicBool::new(false),
         })
+    }
+
+    /// True once a signal arrived or a thread failed fatally: stop pulling.
+    pub fn stopping(&self) -> bool {
+        self.requested() || self.aborted()
+    }
+
+    /// True once a thread failed fatally: stop at once, no grace.
+    pub fn aborted(&self) -> bool {
+        self.aborted.load(Ordering::SeqCst)
+    }
+
+    /// Records a fatal error (the first one is kept) and stops every thread.
+    pub fn fail(&self, e: anyhow::Error) {
+        self.fatal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(e);
+        self.aborted.store(true, Ordering::SeqCst);
+    }
+
+    /// The runner's outcome: the recorded fatal error, if any.
+    pub fn outcome(&self) -> anyhow::Result<()> {
+        match self
+            .fatal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// True once a signal arrived (stop pulling).

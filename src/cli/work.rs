@@ -69,18 +69,8 @@ pub struct WorkArgs {
     /// Stop after running PROGRAM this many times
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_jobs: Option<u64>,
-    /// After SIGINT/SIGTERM, how long running programs may take to finish before termination
-    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = args::seconds)]
-    grace: Duration,
-    /// The program to run per job, and its arguments (after `--`)
-    #[arg(
-        value_name = "PROGRAM",
-        required = true,
-        num_args = 1..,
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
-    program: Vec<OsString>,
+    #[command(flatten)]
+    run: args::ProgramArgs,
 }
 
 /// What every worker thread shares.
@@ -94,15 +84,13 @@ struct Runner {
     started: AtomicU64,
     done: AtomicU64,
     failed: AtomicU64,
-    fatal: Mutex<Option<anyhow::Error>>,
-    stop_all: AtomicBool,
     bar: Option<ProgressBar>,
     /// Failed jobs still held, each with the moment it is to be released.
     parked: Mutex<Vec<(WorkLease, Instant)>>,
 }
 
 pub fn run(dir: &Path, a: WorkArgs) -> anyhow::Result<()> {
-    let program = Program::resolve(&a.program)?;
+    let program = Program::resolve(&a.run.program)?;
     let mut builder = Store::builder(dir);
     if let Some(lease) = a.lease {
         builder = builder.lease(lease);
@@ -116,12 +104,10 @@ pub fn run(dir: &Path, a: WorkArgs) -> anyhow::Result<()> {
         dir: dir.as_os_str().to_owned(),
         until_empty: a.until_empty,
         max_jobs: a.max_jobs,
-        shutdown: Shutdown::register(a.grace)?,
+        shutdown: Shutdown::register(a.run.grace)?,
         started: AtomicU64::new(0),
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
-        fatal: Mutex::new(None),
-        stop_all: AtomicBool::new(false),
         bar,
         parked: Mutex::new(Vec::new()),
     };
@@ -141,11 +127,7 @@ pub fn run(dir: &Path, a: WorkArgs) -> anyhow::Result<()> {
         runner.failed.load(Ordering::SeqCst),
     );
     log::line(&format!("work: {done} done, {failed} failed"));
-    let fatal = runner.fatal.lock().map(|mut f| f.take()).unwrap_or(None);
-    match fatal {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    runner.shutdown.outcome()
 }
 
 fn new_bar() -> ProgressBar {
@@ -190,21 +172,10 @@ impl Runner {
         }
     }
 
-    fn stopping(&self) -> bool {
-        self.shutdown.requested() || self.stop_all.load(Ordering::SeqCst)
-    }
-
-    fn set_fatal(&self, e: anyhow::Error) {
-        if let Ok(mut f) = self.fatal.lock() {
-            f.get_or_insert(e);
-        }
-        self.stop_all.store(true, Ordering::SeqCst);
-    }
-
     /// One worker thread: pull, run, repeat.
     fn worker(&self) {
         let mut errors = 0;
-        while !self.stopping() {
+        while !self.shutdown.stopping() {
             self.release_parked(false);
             if let Some(max) = self.max_jobs
                 && self.started.fetch_add(1, Ordering::SeqCst) >= max
@@ -229,7 +200,8 @@ impl Runner {
                     self.give_back_slot();
                     errors += 1;
                     if errors >= MAX_STORE_ERRORS {
-                        self.set_fatal(anyhow::Error::new(e).context("pull work"));
+                        self.shutdown
+                            .fail(anyhow::Error::new(e).context("pull work"));
                         return;
                     }
                     tracing::warn!("pull failed (will retry): {e}");
@@ -237,7 +209,7 @@ impl Runner {
                     continue;
                 }
             };
-            if self.stopping() {
+            if self.shutdown.stopping() {
                 // Signalled while pulling: give it back untouched.
                 let _ = lease.release();
                 return;
@@ -304,7 +276,8 @@ impl Runner {
         let input = match serde_json::to_vec(lease.request()) {
             Ok(v) => v,
             Err(e) => {
-                self.set_fatal(anyhow::Error::new(e).context("encode the request"));
+                self.shutdown
+                    .fail(anyhow::Error::new(e).context("encode the request"));
                 return;
             }
         };
@@ -364,7 +337,8 @@ impl Runner {
                     "job {id}: cannot run {}: {e}",
                     self.program.name()
                 ));
-                self.set_fatal(anyhow::anyhow!("cannot run {}: {e}", self.program.name()));
+                self.shutdown
+                    .fail(anyhow::anyhow!("cannot run {}: {e}", self.program.name()));
             }
         }
     }
