@@ -127,8 +127,10 @@ impl WorkLease {
                 return Err(e).ctx("rename result into", &result_dir);
             }
         }
+        // The new name `result` must be durable; the old one's removal need not be: a `held/`
+        // that reappears after a power loss beside a durable result is ignored (claims see
+        // Done) and taken over harmlessly, so no fsync of the epoch directory.
         inner.fs.sync_dir(&st.job_dir)?;
-        inner.fs.sync_dir(&st.epoch_dir)?;
         inner.after_fulfilled(&st.id, self.record.priority)
     }
 
