@@ -1141,16 +1141,11 @@ pub(crate) fn rand_u32() -> u32 {
 /// are refused, never reached through the link, until `recover` moves the impostor aside.
 fn init_layout(layout: &Layout, fs: &AtomicFs) -> Result<HashSet<String>> {
     let root = &layout.root;
-    match fs::symlink_metadata(root) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(Error::NotAStore {
-                path: root.clone(),
-                reason: "not a directory".into(),
-            });
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => fs.create_dir_all(root)?,
-        Err(e) => return Err(e).ctx("stat", root),
+    if !ensure_real_dir(fs, root)? {
+        return Err(Error::NotAStore {
+            path: root.clone(),
+            reason: "not a directory".into(),
+        });
     }
     let marker = layout.marker();
     if !exists(&marker)? {
@@ -1177,36 +1172,36 @@ fn init_layout(layout: &Layout, fs: &AtomicFs) -> Result<HashSet<String>> {
     check_marker(layout)?;
     // Planted symlinks are refused, never followed: every path is built below these.
     for dir in layout.dirs() {
-        match fs::symlink_metadata(dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(Error::Corrupt {
-                    path: dir.to_path_buf(),
-                    reason: "must be a directory (not a file or a symlink)".into(),
-                });
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => fs.create_dir_all(dir)?,
-            Err(e) => return Err(e).ctx("stat", dir),
+        if !ensure_real_dir(fs, dir)? {
+            return Err(Error::Corrupt {
+                path: dir.to_path_buf(),
+                reason: "must be a directory (not a file or a symlink)".into(),
+            });
         }
     }
     let mut bad = HashSet::new();
     for shard in 0..=255u8 {
         let name = format!("{shard:02x}");
         let path = layout.jobs.join(&name);
-        match fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                tracing::warn!(
-                    "{} is not a directory: unusable until recover",
-                    path.display()
-                );
-                bad.insert(name);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => fs.create_dir_all(&path)?,
-            Err(e) => return Err(e).ctx("stat", &path),
+        if !ensure_real_dir(fs, &path)? {
+            tracing::warn!(
+                "{} is not a directory: unusable until recover",
+                path.display()
+            );
+            bad.insert(name);
         }
     }
     Ok(bad)
+}
+
+/// Creates `dir` if it is missing. False if something that is not a real directory (a file,
+/// or a symlink, never followed) stands in its place.
+fn ensure_real_dir(fs: &AtomicFs, dir: &Path) -> Result<bool> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) => Ok(m.is_dir()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs.create_dir_all(dir).map(|()| true),
+        Err(e) => Err(e).ctx("stat", dir),
+    }
 }
 
 fn check_marker(layout: &Layout) -> Result<()> {
