@@ -194,8 +194,7 @@ impl FileStamp {
 /// [`read_file`], also returning which file was read, and the open file (holding it open keeps
 /// its inode number from being reused).
 pub(crate) fn read_file_ino(path: &Path, limit: u64) -> Result<(Vec<u8>, FileStamp, File)> {
-    let mut f = open_regular(path, false)?;
-    let meta = f.metadata().ctx("stat", path)?;
+    let (mut f, meta) = open_regular_meta(path, false)?;
     let (len, ino) = (meta.len(), FileStamp::of(&meta));
     if len > limit {
         return Err(Error::Corrupt {
@@ -203,11 +202,23 @@ pub(crate) fn read_file_ino(path: &Path, limit: u64) -> Result<(Vec<u8>, FileSta
             reason: format!("{len} bytes is over the {limit}-byte limit"),
         });
     }
-    let mut buf = Vec::with_capacity(len as usize);
-    (&mut f)
-        .take(limit + 1)
-        .read_to_end(&mut buf)
-        .ctx("read", path)?;
+    // Store files are complete before their names appear and never change afterwards, so the
+    // size just read is the size to read (no probing read for the end of the file).
+    let mut buf = vec![0; len as usize];
+    f.read_exact(&mut buf).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            Error::Corrupt {
+                path: path.to_path_buf(),
+                reason: "shorter than its size (truncated while being read)".into(),
+            }
+        } else {
+            Error::Io {
+                op: "read",
+                path: path.to_path_buf(),
+                source: e,
+            }
+        }
+    })?;
     Ok((buf, ino, f))
 }
 
@@ -266,6 +277,11 @@ pub(crate) fn touch_file(
 /// Opens an existing store file: never through a symlink (`O_NOFOLLOW`), never blocking on a
 /// planted FIFO or device (`O_NONBLOCK`), and only if it is a regular file.
 pub(crate) fn open_regular(path: &Path, write: bool) -> Result<File> {
+    open_regular_meta(path, write).map(|(f, _)| f)
+}
+
+/// [`open_regular`], also returning the file's metadata (from the one `fstat` it makes).
+pub(crate) fn open_regular_meta(path: &Path, write: bool) -> Result<(File, fs::Metadata)> {
     let f = OpenOptions::new()
         .read(!write)
         .write(write)
@@ -282,7 +298,7 @@ pub(crate) fn open_regular(path: &Path, write: bool) -> Result<File> {
             reason: "not a regular file".into(),
         });
     }
-    Ok(f)
+    Ok((f, meta))
 }
 
 /// Sets a path's modification time to now (a wake-up signal for watchers of its directory).

@@ -47,6 +47,13 @@ impl Index {
     /// Creates an entry (idempotent), creating its class and bucket directories if needed, and
     /// fsyncs the bucket directory in durable mode.
     pub(crate) fn add(&self, fs: &AtomicFs, key: &str) -> Result<()> {
+        let dir = self.add_unsynced(fs, key)?;
+        fs.sync_dir(&dir)
+    }
+
+    /// [`add`](Self::add) without the final fsync: returns the directory that gained the
+    /// entry, which the caller must fsync (durable mode) before reporting the entry durable.
+    pub(crate) fn add_unsynced(&self, fs: &AtomicFs, key: &str) -> Result<PathBuf> {
         let path = self.path(key);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let mut attempts = 0;
@@ -61,9 +68,9 @@ impl Index {
             match res {
                 Ok(f) => {
                     fs.fix_file_mode(&f, &path)?;
-                    return fs.sync_dir(&dir);
+                    return Ok(dir);
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(dir),
                 // The bucket does not exist yet, or a puller removed it as empty just now.
                 Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 8 => {
                     fs.create_dir_all(&dir)?;

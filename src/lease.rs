@@ -144,11 +144,17 @@ impl LeaseState {
         }
     }
 
-    /// Fences a write: fails with `LeaseLost` (and signals) if `held/` is gone.
-    pub(crate) fn fence(&self) -> Result<()> {
+    /// Fails with `LeaseLost` if the lease is already known to be lost or ended (no I/O).
+    pub(crate) fn check_live(&self) -> Result<()> {
         if self.is_compromised() || self.is_ended() {
             return Err(Error::LeaseLost(self.id));
         }
+        Ok(())
+    }
+
+    /// Fences a write: fails with `LeaseLost` (and signals) if `held/` is gone.
+    pub(crate) fn fence(&self) -> Result<()> {
+        self.check_live()?;
         if !exists(&self.held)? {
             self.compromise();
             return Err(Error::LeaseLost(self.id));
@@ -231,12 +237,20 @@ pub(crate) fn claim(
 ) -> Result<ClaimOutcome> {
     let layout = &inner.layout;
     inner.check_shard(id)?;
-    let job_dir = layout.job_dir(id);
     if kind == LeaseKind::Work && exists(&layout.result_dir(id))? {
-        return Ok(ClaimOutcome::Done);
+        return Ok(ClaimOutcome::Done); // checked first, so a done job's attempts stay as they are
     }
-    let claims = layout.claims_dir(kind, id);
-    let names = list_names(&claims)?;
+    // Fast path: a job that was never claimed has no epoch 1, so there is nothing to list or
+    // judge. If epoch 1 appears meanwhile, the attempt fails and the full path below decides.
+    if !exists(&layout.epoch_dir(kind, id, 1))? {
+        match try_epoch(inner, kind, id, entry, 1)? {
+            Attempt::Won(state) => return claimed(inner, kind, id, state),
+            Attempt::Gone => return Ok(ClaimOutcome::Gone),
+            Attempt::Taken => {}
+        }
+    }
+    let job_dir = layout.job_dir(id);
+    let names = list_names(&layout.claims_dir(kind, id))?;
     if names.is_empty() && !exists(&job_dir)? {
         return Ok(ClaimOutcome::Gone);
     }
@@ -255,7 +269,33 @@ pub(crate) fn claim(
             return Ok(ClaimOutcome::Busy);
         }
     }
-    let epoch = max + 1;
+    match try_epoch(inner, kind, id, entry, max + 1)? {
+        Attempt::Won(state) => claimed(inner, kind, id, state),
+        Attempt::Gone => Ok(ClaimOutcome::Gone),
+        Attempt::Taken => Ok(ClaimOutcome::Busy),
+    }
+}
+
+/// What one attempt at one epoch came to.
+enum Attempt {
+    Won(Arc<LeaseState>),
+    /// The epoch (or its lease file) exists already.
+    Taken,
+    /// The job does not exist.
+    Gone,
+}
+
+/// Claims exactly `epoch`: creates its lease file (locked, complete before its name appears),
+/// then renames a fresh token directory to `claims/<epoch>`.
+fn try_epoch(
+    inner: &Inner,
+    kind: LeaseKind,
+    id: &JobId,
+    entry: &str,
+    epoch: u64,
+) -> Result<Attempt> {
+    let layout = &inner.layout;
+    let job_dir = layout.job_dir(id);
     let lease_path = layout.lease_file(kind, id, epoch);
     let meta = LeaseMeta {
         kind: kind.prefix().to_string(),
@@ -271,20 +311,21 @@ pub(crate) fn claim(
         what: "lease",
         source,
     })?;
-    // The lease file is complete and locked before its name appears.
     let tmp = inner.fs_volatile().temp_file(&bytes)?;
     tmp.as_file()
         .try_lock()
         .map_err(|e| io::Error::other(e.to_string()))
         .ctx("lock", tmp.path())?;
-    let beat = touch_file(tmp.as_file(), None).ctx("touch", tmp.path())?;
+    // A new file's mtime is its creation time: the first heartbeat (an interval later) changes
+    // it, which is all observers look for.
+    let beat = SystemTime::now();
     let file = match tmp.persist_noclobber(&lease_path) {
         Ok(f) => f,
-        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => return Ok(ClaimOutcome::Busy),
+        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => return Ok(Attempt::Taken),
         Err(e) => return Err(e.error).ctx("create lease file", &lease_path),
     };
     crate::fault::point("claim.after_lease_file");
-    let cleanup = |out: ClaimOutcome| -> Result<ClaimOutcome> {
+    let cleanup = |out: Attempt| -> Result<Attempt> {
         remove_file_if_exists(&lease_path)?;
         Ok(out)
     };
@@ -303,13 +344,15 @@ pub(crate) fn claim(
     let epoch_dir = layout.epoch_dir(kind, id, epoch);
     let mut renamed = fs::rename(token.path(), &epoch_dir);
     if matches!(&renamed, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+        // No `claims/` yet (notification claims, or a job made by an older version).
+        let claims = layout.claims_dir(kind, id);
         if !exists(&job_dir)? {
-            return cleanup(ClaimOutcome::Gone);
+            return cleanup(Attempt::Gone);
         }
         match inner.fs.make_dir(&claims) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return cleanup(ClaimOutcome::Gone),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return cleanup(Attempt::Gone),
             Err(e) => return Err(e).ctx("create directory", &claims),
         }
         renamed = fs::rename(token.path(), &epoch_dir);
@@ -325,15 +368,15 @@ pub(crate) fn claim(
                 io::ErrorKind::AlreadyExists | io::ErrorKind::DirectoryNotEmpty
             ) =>
         {
-            return cleanup(ClaimOutcome::Busy);
+            return cleanup(Attempt::Taken);
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return cleanup(ClaimOutcome::Gone),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return cleanup(Attempt::Gone),
         Err(e) => {
             remove_file_if_exists(&lease_path)?;
             return Err(e).ctx("rename claim into", &epoch_dir);
         }
     }
-    let state = Arc::new(LeaseState {
+    Ok(Attempt::Won(Arc::new(LeaseState {
         id: *id,
         epoch,
         job_dir,
@@ -346,9 +389,19 @@ pub(crate) fn claim(
         finishing: AtomicBool::new(false),
         ended: AtomicBool::new(false),
         callback: Mutex::new(None),
-    });
-    if kind == LeaseKind::Work && exists(&layout.result_dir(id))? {
-        // Fulfilled (unfenced) between our first check and the claim.
+    })))
+}
+
+/// A won claim: gives it back if the job turned out to be fulfilled already, else starts its
+/// heartbeat.
+fn claimed(
+    inner: &Inner,
+    kind: LeaseKind,
+    id: &JobId,
+    state: Arc<LeaseState>,
+) -> Result<ClaimOutcome> {
+    if kind == LeaseKind::Work && exists(&inner.layout.result_dir(id))? {
+        // Fulfilled before (or while) we claimed: the claim is harmless, hand it back.
         let _ = state.end("released");
         return Ok(ClaimOutcome::Done);
     }

@@ -652,6 +652,13 @@ impl Store {
             source,
         })?;
         let staging = inner.fs.temp_dir()?;
+        // `claims/` is made now, inside the staging directory, so that the first claim is one
+        // rename (a job made by an older version without it still works: claims make it).
+        let claims = staging.path().join(LeaseKind::Work.claims_dir());
+        inner
+            .fs
+            .make_dir(&claims)
+            .ctx("create directory", &claims)?;
         inner
             .fs
             .write_into_private_dir(&staging.path().join("job.json"), &bytes)?;
@@ -669,12 +676,19 @@ impl Store {
         let _ = staging.keep();
         crate::fault::point("create.after_rename");
         let key = pending_key(&id, rec.priority);
-        let indexed = inner.fs.sync_parent(&dest).and_then(|()| {
+        // Both new names (the job directory, its index entry) are made first and their two
+        // directories fsynced after: on a journaling filesystem the first fsync commits both,
+        // and the second finds nothing left to do. Until both fsyncs return, the job is not
+        // acknowledged; an entry whose job did not survive a crash is dropped by pullers.
+        let indexed = inner.work.add_unsynced(&inner.fs, &key).and_then(|bucket| {
+            crate::fault::point("create.after_index_entry");
+            inner.fs.sync_parent(&dest)?;
             crate::fault::point("create.after_dir_fsync");
-            inner.work.add(&inner.fs, &key)
+            inner.fs.sync_dir(&bucket)
         });
         if let Err(e) = indexed {
             // Not acknowledged: take the job back out, so a caller that retries makes no twin.
+            let _ = inner.work.remove(&key);
             let grave = inner
                 .layout
                 .tmp

@@ -1,17 +1,23 @@
-//! Wake-ups: file events (inotify, through the `notify` crate) turned into index keys and
-//! sequence numbers that blocked callers wait on, with a bounded polling fallback.
+//! Wake-ups: file events (inotify) turned into index keys and sequence numbers that blocked
+//! callers wait on, with a bounded polling fallback.
 //!
 //! Invariant kept here: a blocked caller never sleeps past the poll interval, so a change made
 //! where events cannot be seen (another NFS client, an overflowed event queue, no inotify) is
 //! found within one poll interval; a change made on this host wakes a waiter at once.
+//!
+//! Each watched directory asks the kernel only for the events that can make something pullable
+//! (a new or touched index entry, a lease file closed by a holder that died, a result that
+//! appeared), so the store's own routine work (removing entries, ending leases) wakes nobody.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RemoveKind};
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 
 use crate::layout::{Layout, LeaseKind, parse_lease_name};
 
@@ -118,23 +124,6 @@ impl Signals {
         }
     }
 
-    fn handle(&self, layout: &Layout, event: notify::Result<notify::Event>) {
-        let event = match event {
-            Ok(e) => e,
-            Err(_) => {
-                self.rescan_all();
-                return;
-            }
-        };
-        if event.need_rescan() {
-            self.rescan_all();
-            return;
-        }
-        for path in &event.paths {
-            self.handle_path(layout, &event.kind, path);
-        }
-    }
-
     fn rescan_all(&self) {
         let mut st = self.lock();
         st.work.rescan = true;
@@ -148,16 +137,10 @@ impl Signals {
         }
     }
 
-    fn handle_path(&self, layout: &Layout, kind: &EventKind, path: &Path) {
-        let appeared = matches!(
-            kind,
-            EventKind::Create(_)
-                | EventKind::Modify(ModifyKind::Name(_))
-                | EventKind::Modify(ModifyKind::Metadata(_))
-                | EventKind::Access(AccessKind::Close(AccessMode::Write))
-        );
-        let dir_created = matches!(kind, EventKind::Create(CreateKind::Folder));
-        let dir_removed = matches!(kind, EventKind::Remove(RemoveKind::Folder));
+    fn handle_path(&self, layout: &Layout, kind: Seen, path: &Path) {
+        let appeared = matches!(kind, Seen::Appeared | Seen::DirCreated);
+        let dir_created = kind == Seen::DirCreated;
+        let dir_removed = kind == Seen::DirGone;
         for (root, ch) in [
             (&layout.pending, Channel::Work),
             (&layout.notify, Channel::Notify),
@@ -199,10 +182,7 @@ impl Signals {
             return;
         }
         if let Ok(rel) = path.strip_prefix(&layout.leases) {
-            if !matches!(
-                kind,
-                EventKind::Access(AccessKind::Close(AccessMode::Write))
-            ) {
+            if kind != Seen::Closed {
                 return;
             }
             let ch = match rel.to_str().and_then(parse_lease_name) {
@@ -230,20 +210,174 @@ impl Signals {
     }
 }
 
+/// What one inotify event means here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// A name appeared (created, renamed in) or was touched.
+    Appeared,
+    /// A directory appeared.
+    DirCreated,
+    /// A watched directory is gone (its watch was dropped by the kernel).
+    DirGone,
+    /// A file open for writing was closed while still linked (a lease holder died).
+    Closed,
+}
+
+impl Seen {
+    fn of(mask: EventMask) -> Option<Seen> {
+        if mask.contains(EventMask::IGNORED) {
+            Some(Seen::DirGone)
+        } else if mask.contains(EventMask::CLOSE_WRITE) {
+            Some(Seen::Closed)
+        } else if mask.contains(EventMask::CREATE) && mask.contains(EventMask::ISDIR) {
+            Some(Seen::DirCreated)
+        } else if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO | EventMask::ATTRIB) {
+            Some(Seen::Appeared)
+        } else {
+            None
+        }
+    }
+}
+
+/// The events each kind of directory is watched for. `EXCL_UNLINK` drops events of files
+/// already unlinked: a holder ends its lease by unlinking its lease file *before* closing it,
+/// so only a holder that died (its file still linked) produces a close event.
+fn mask_for(layout: &Layout, dir: &Path) -> WatchMask {
+    if dir == layout.leases {
+        WatchMask::CLOSE_WRITE | WatchMask::EXCL_UNLINK | WatchMask::ONLYDIR
+    } else if dir.starts_with(&layout.jobs) {
+        WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::ONLYDIR
+    } else {
+        WatchMask::CREATE
+            | WatchMask::MOVED_TO
+            | WatchMask::ATTRIB
+            | WatchMask::EXCL_UNLINK
+            | WatchMask::ONLYDIR
+    }
+}
+
+/// Watch descriptor number → watched directory, shared with the reading thread.
+type DirMap = Arc<Mutex<HashMap<i32, PathBuf>>>;
+
+fn lock_map(m: &DirMap) -> MutexGuard<'_, HashMap<i32, PathBuf>> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The kernel side: an inotify instance read by one thread, which stops when `stop` is dropped.
+struct Watcher {
+    watches: Watches,
+    dirs: DirMap,
+    /// Closing this pipe's write end wakes the reading thread to exit.
+    stop: Option<io::PipeWriter>,
+}
+
+impl Watcher {
+    fn start(layout: &Layout, signals: &Arc<Signals>) -> io::Result<Watcher> {
+        let inotify = Inotify::init()?;
+        let watches = inotify.watches();
+        let (stop_rx, stop_tx) = io::pipe()?;
+        let dirs = DirMap::default();
+        let (sig, lay, map) = (Arc::clone(signals), layout.clone(), Arc::clone(&dirs));
+        std::thread::Builder::new()
+            .name("jobdir-watch".into())
+            .spawn(move || read_events(inotify, &stop_rx, &sig, &lay, &map))?;
+        Ok(Watcher {
+            watches,
+            dirs,
+            stop: Some(stop_tx),
+        })
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+    }
+}
+
+/// The reading thread: waits on the inotify descriptor and the stop pipe; on any failure it
+/// asks every waiter to re-read the disk and stops (polling carries on).
+fn read_events(
+    mut inotify: Inotify,
+    stop: &io::PipeReader,
+    signals: &Signals,
+    layout: &Layout,
+    dirs: &DirMap,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: inotify.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two initialised pollfd structs that outlives the
+        // call, and its length is passed alongside.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if r < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            signals.rescan_all();
+            return;
+        }
+        if fds[1].revents != 0 {
+            return; // the store handle is gone
+        }
+        let events = match inotify.read_events(&mut buf) {
+            Ok(events) => events,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                tracing::warn!("file events stopped ({e}); polling only");
+                signals.rescan_all();
+                return;
+            }
+        };
+        for ev in events {
+            if ev.mask.contains(EventMask::Q_OVERFLOW) {
+                signals.rescan_all();
+                continue;
+            }
+            let Some(kind) = Seen::of(ev.mask) else {
+                continue;
+            };
+            let id = ev.wd.get_watch_descriptor_id();
+            let path = if kind == Seen::DirGone {
+                match lock_map(dirs).remove(&id) {
+                    Some(dir) => dir,
+                    None => continue,
+                }
+            } else {
+                match lock_map(dirs).get(&id) {
+                    Some(dir) => dir.join(ev.name.unwrap_or(OsStr::new(""))),
+                    None => continue,
+                }
+            };
+            signals.handle_path(layout, kind, &path);
+        }
+    }
+}
+
 /// The store's directory watcher: `None` inside when inotify is unavailable (polling only).
 pub(crate) struct Watch {
-    watcher: Option<RecommendedWatcher>,
-    watched: HashSet<PathBuf>,
+    watcher: Option<Watcher>,
+    layout: Layout,
+    watched: HashMap<PathBuf, WatchDescriptor>,
     job_refs: HashMap<PathBuf, usize>,
 }
 
 impl Watch {
     /// Starts a watcher that feeds `signals`; falls back to polling if it cannot start.
     pub(crate) fn start(layout: &Layout, signals: &Arc<Signals>, enabled: bool) -> Watch {
-        let sig = Arc::clone(signals);
-        let lay = layout.clone();
         let watcher = if enabled {
-            match notify::recommended_watcher(move |ev| sig.handle(&lay, ev)) {
+            match Watcher::start(layout, signals) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     tracing::warn!("file events unavailable ({e}); polling only");
@@ -255,7 +389,8 @@ impl Watch {
         };
         let mut w = Watch {
             watcher,
-            watched: HashSet::new(),
+            layout: layout.clone(),
+            watched: HashMap::new(),
             job_refs: HashMap::new(),
         };
         for dir in [&layout.pending, &layout.notify, &layout.leases] {
@@ -274,12 +409,16 @@ impl Watch {
         let Some(w) = self.watcher.as_mut() else {
             return;
         };
-        if self.watched.contains(dir) {
+        if self.watched.contains_key(dir) {
             return;
         }
-        match w.watch(dir, RecursiveMode::NonRecursive) {
-            Ok(()) => {
-                self.watched.insert(dir.to_path_buf());
+        // The map entry goes in under the lock before the thread can read an event of it.
+        let mut dirs = lock_map(&w.dirs);
+        match w.watches.add(dir, mask_for(&self.layout, dir)) {
+            Ok(wd) => {
+                dirs.insert(wd.get_watch_descriptor_id(), dir.to_path_buf());
+                drop(dirs);
+                self.watched.insert(dir.to_path_buf(), wd);
             }
             Err(e) => tracing::debug!("cannot watch {}: {e}", dir.display()),
         }
@@ -305,10 +444,10 @@ impl Watch {
             *n -= 1;
             if *n == 0 {
                 self.job_refs.remove(dir);
-                if self.watched.remove(dir)
+                if let Some(wd) = self.watched.remove(dir)
                     && let Some(w) = self.watcher.as_mut()
                 {
-                    let _ = w.unwatch(dir);
+                    let _ = w.watches.remove(wd);
                 }
             }
         }

@@ -92,9 +92,16 @@ impl WorkLease {
     pub fn fulfill(self, value: impl AsRef<[u8]>) -> Result<()> {
         let inner = &self.store.inner;
         let st = &self.state;
-        st.fence()?;
+        st.check_live()?;
+        // `held/` is private to its holder until it is renamed to `result/`, so the value is
+        // written straight into it: a partial file there is never seen as a result. If the
+        // lease was taken over, `held/` is gone and the create fails (ENOENT): lease lost.
         let value_path = st.held.join("value");
-        match inner.fs.write_file(&value_path, value.as_ref()) {
+        let written = inner
+            .fs
+            .write_into_private_dir(&value_path, value.as_ref())
+            .and_then(|()| inner.fs.sync_dir(&st.held));
+        match written {
             Ok(()) => {}
             Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => {
                 st.compromise();

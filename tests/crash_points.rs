@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 const POINTS: &[&str] = &[
     "create.after_temp_write",
     "create.after_rename",
+    "create.after_index_entry",
     "create.after_dir_fsync",
     "create.after_index",
     "claim.after_lease_file",
