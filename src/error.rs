@@ -93,6 +93,30 @@ pub enum Error {
     /// An option was given a value the store cannot use.
     #[error("invalid option: {0}")]
     InvalidOption(String),
+    /// The job finished without a result: it failed on its last allowed attempt, was
+    /// cancelled, or expired. Returned by [`Store::result`](crate::Store::result) and
+    /// [`Store::wait`](crate::Store::wait).
+    #[error("job {id} {state}: {error}")]
+    Unfulfilled {
+        /// The job.
+        id: JobId,
+        /// How it finished: [`JobState::Failed`](crate::JobState::Failed),
+        /// [`Cancelled`](crate::JobState::Cancelled) or [`Expired`](crate::JobState::Expired).
+        state: crate::JobState,
+        /// Its final error (why it failed, or who cancelled it and why, or what expired).
+        error: String,
+    },
+    /// The job is in a state the operation does not apply to (retrying a job that has not
+    /// failed, cancelling a finished one).
+    #[error("job {id} is {state}: {what}")]
+    WrongState {
+        /// The job.
+        id: JobId,
+        /// Its state.
+        state: crate::JobState,
+        /// What could not be done.
+        what: &'static str,
+    },
 }
 
 /// Shorthand for results whose error is [`Error`].

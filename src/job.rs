@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::id::JobId;
+use crate::retry::RetryPolicy;
 
 /// The contents of `job.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -20,6 +21,22 @@ pub(crate) struct JobRecord {
     /// RFC 3339 UTC, millisecond precision, by the creator's clock.
     pub created_at: String,
     pub request: Value,
+    /// Not pullable before this time (RFC 3339 UTC, ms), for `create` with a delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    /// The retry policy; absent means the default one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// The longest one attempt may hold the job, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_timeout_ms: Option<u64>,
+    /// Past this time (RFC 3339 UTC, ms) the job expires wherever it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    /// A job not pulled within this many milliseconds of its creation (or of `not_before`)
+    /// expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pickup_timeout_ms: Option<u64>,
 }
 
 impl JobRecord {
@@ -41,6 +58,58 @@ impl JobRecord {
         humantime::parse_rfc3339(&self.created_at)
             .unwrap_or_else(|_| UNIX_EPOCH + Duration::from_millis(self.id.unix_millis()))
     }
+
+    /// The retry policy in force (the default one when the record has none).
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        self.retry.clone().unwrap_or_default()
+    }
+
+    pub(crate) fn not_before_time(&self) -> Option<SystemTime> {
+        self.not_before
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+    }
+
+    pub(crate) fn deadline_time(&self) -> Option<SystemTime> {
+        self.deadline
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+    }
+
+    /// Why the job has expired at `now`, if it has: past its deadline, or (when it was never
+    /// claimed) past its pickup timeout.
+    pub(crate) fn expiry_reason(&self, now: SystemTime, claimed: bool) -> Option<String> {
+        if let Some(d) = self.deadline_time()
+            && now >= d
+        {
+            return Some(format!("deadline {} passed", rfc3339(d)));
+        }
+        if !claimed && let Some(ms) = self.pickup_timeout_ms {
+            let start = self
+                .not_before_time()
+                .unwrap_or_else(|| self.created_time());
+            if now >= start + Duration::from_millis(ms) {
+                return Some(format!("not picked up within {ms} ms"));
+            }
+        }
+        None
+    }
+
+    /// When the job expires if nothing happens (the earlier of deadline and pickup limit).
+    pub(crate) fn expires_at(&self, claimed: bool) -> Option<SystemTime> {
+        let pickup = (!claimed)
+            .then_some(())
+            .and(self.pickup_timeout_ms)
+            .map(|ms| {
+                self.not_before_time()
+                    .unwrap_or_else(|| self.created_time())
+                    + Duration::from_millis(ms)
+            });
+        match (self.deadline_time(), pickup) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// Where a job is in its life.
@@ -50,10 +119,18 @@ impl JobRecord {
 pub enum JobState {
     /// Waiting for a worker.
     Pending,
+    /// Waiting for its time: created with a delay, or backing off before a retry.
+    Delayed,
     /// Held by a worker under a lease.
     Running,
     /// Has its result (written once).
     Fulfilled,
+    /// Failed on its last allowed attempt; [`Store::retry`](crate::Store::retry) runs it again.
+    Failed,
+    /// Cancelled by [`Store::cancel`](crate::Store::cancel).
+    Cancelled,
+    /// Past its deadline or pickup timeout before it was done.
+    Expired,
 }
 
 impl JobState {
@@ -65,9 +142,27 @@ impl JobState {
     pub fn as_str(&self) -> &'static str {
         match self {
             JobState::Pending => "pending",
+            JobState::Delayed => "delayed",
             JobState::Running => "running",
             JobState::Fulfilled => "fulfilled",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Expired => "expired",
         }
+    }
+
+    /// True for the states a job never leaves by itself (fulfilled, failed, cancelled,
+    /// expired).
+    ///
+    /// ```
+    /// assert!(jobdir::JobState::Cancelled.is_finished());
+    /// assert!(!jobdir::JobState::Delayed.is_finished());
+    /// ```
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self,
+            JobState::Fulfilled | JobState::Failed | JobState::Cancelled | JobState::Expired
+        )
     }
 }
 
@@ -76,10 +171,15 @@ impl std::str::FromStr for JobState {
     fn from_str(s: &str) -> Result<JobState> {
         match s {
             "pending" => Ok(JobState::Pending),
+            "delayed" => Ok(JobState::Delayed),
             "running" => Ok(JobState::Running),
             "fulfilled" => Ok(JobState::Fulfilled),
+            "failed" => Ok(JobState::Failed),
+            "cancelled" => Ok(JobState::Cancelled),
+            "expired" => Ok(JobState::Expired),
             other => Err(Error::InvalidOption(format!(
-                "unknown state {other:?} (pending, running, fulfilled)"
+                "unknown state {other:?} (pending, delayed, running, fulfilled, failed, \
+                 cancelled, expired)"
             ))),
         }
     }
@@ -113,6 +213,24 @@ pub struct JobInfo {
     pub result: Option<Vec<u8>>,
     /// When the result was written (by the fulfiller's clock), once fulfilled.
     pub fulfilled_at: Option<SystemTime>,
+    /// When it finished (fulfilled, failed, cancelled or expired), by the finisher's clock.
+    pub finished_at: Option<SystemTime>,
+    /// Why it failed, was cancelled or expired (its final error).
+    pub error: Option<String>,
+    /// The errors of its failed attempts, oldest first (a lease that expired counts).
+    pub errors: Vec<AttemptError>,
+    /// When a delayed job becomes pending (by the delaying process's clock).
+    pub run_at: Option<SystemTime>,
+}
+
+/// One failed attempt, as kept in a job's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AttemptError {
+    /// The attempt (claim epoch) that failed.
+    pub attempt: u64,
+    /// What went wrong: the worker's error, `lease expired`, or `run timeout`.
+    pub error: String,
 }
 
 /// A job's id and state, as listed by [`Store::list`](crate::Store::list).
@@ -134,6 +252,14 @@ pub struct Counts {
     pub running: u64,
     /// Jobs with a result.
     pub fulfilled: u64,
+    /// Jobs waiting for their time (a delay, or a retry's backoff).
+    pub delayed: u64,
+    /// Jobs that failed on their last allowed attempt.
+    pub failed: u64,
+    /// Cancelled jobs.
+    pub cancelled: u64,
+    /// Jobs past their deadline or pickup timeout.
+    pub expired: u64,
     /// Fulfilled jobs with notification targets waiting.
     pub notifications: u64,
     /// Items moved to `quarantine/` by recovery.
@@ -152,6 +278,11 @@ pub struct Counts {
 #[derive(Clone, Debug, Default)]
 pub struct CreateOptions {
     priority: i32,
+    pub(crate) run_at: Option<SystemTime>,
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) run_timeout: Option<Duration>,
+    pub(crate) deadline: Option<SystemTime>,
+    pub(crate) pickup_timeout: Option<Duration>,
 }
 
 impl CreateOptions {
@@ -164,6 +295,57 @@ impl CreateOptions {
     /// The priority set.
     pub fn get_priority(&self) -> i32 {
         self.priority
+    }
+
+    /// Not pullable until `delay` from now; a worker blocked in a pull wakes when it is due.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let opts = jobdir::CreateOptions::default().delay(Duration::from_millis(200));
+    /// let id = store.create_with(&"later", opts)?;
+    /// assert_eq!(store.get(&id)?.state, jobdir::JobState::Delayed);
+    /// assert!(store.pull_work()?.is_none());
+    /// let job = store.pull_work_timeout(Duration::from_secs(10))?.unwrap();
+    /// assert_eq!(job.id(), id);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.run_at = Some(SystemTime::now() + delay);
+        self
+    }
+
+    /// Not pullable before `at` (a time in the past means at once).
+    pub fn run_at(mut self, at: SystemTime) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+
+    /// How failures are retried (default: [`RetryPolicy::default`]).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// The longest one attempt may run: past it the holder's lease is not renewed, the holder
+    /// is told ([`CompromiseReason::TimedOut`](crate::CompromiseReason::TimedOut)) and the
+    /// attempt counts as failed.
+    pub fn run_timeout(mut self, limit: Duration) -> Self {
+        self.run_timeout = Some(limit);
+        self
+    }
+
+    /// Past this time the job expires wherever it is: pending, delayed or running.
+    pub fn deadline(mut self, at: SystemTime) -> Self {
+        self.deadline = Some(at);
+        self
+    }
+
+    /// A job that no worker has pulled within `limit` of becoming pullable expires.
+    pub fn pickup_timeout(mut self, limit: Duration) -> Self {
+        self.pickup_timeout = Some(limit);
+        self
     }
 }
 

@@ -9,9 +9,12 @@
 //! DIR/jobs/<xx>/<id>/job.json             the job (immutable)
 //! DIR/jobs/<xx>/<id>/claims/<epoch>/held/ the live work lease token (renamed away to end it)
 //! DIR/jobs/<xx>/<id>/result/value         the result, present once fulfilled
+//! DIR/jobs/<xx>/<id>/result/outcome.json  instead of `value`: failed, cancelled or expired
+//! DIR/jobs/<xx>/<id>/retries/<epoch>/     an outcome set aside by a manual retry
 //! DIR/jobs/<xx>/<id>/targets/<sha256>.json  one waiting notification target per file
 //! DIR/jobs/<xx>/<id>/nclaims/<epoch>/held/  the live notification lease token
 //! DIR/pending/<class>/<bucket>/<id>       work index: jobs without a result
+//! DIR/delayed/<bucket>/<due>.<class>.<id>  jobs that become pending at <due> (ms)
 //! DIR/notify/<class>/<bucket>/<id>[.<n>]  notification index: fulfilled jobs with targets
 //! DIR/leases/<w|n>.<id>.<epoch>           lease files: flock, heartbeat mtime, owner JSON
 //! DIR/quarantine/<ms>-<rand>/             a corrupt or foreign item and its reason.json
@@ -28,7 +31,7 @@ pub const FORMAT_VERSION: u64 = 1;
 pub(crate) const MARKER: &str = "jobdir.json";
 
 /// Every name that belongs at the top of a store directory.
-pub(crate) const TOP_LEVEL: [&str; 7] = [
+pub(crate) const TOP_LEVEL: [&str; 8] = [
     MARKER,
     "tmp",
     "jobs",
@@ -36,6 +39,7 @@ pub(crate) const TOP_LEVEL: [&str; 7] = [
     "notify",
     "leases",
     "quarantine",
+    "delayed",
 ];
 
 /// Width of epoch numbers in claim directory names (zero-padded decimal, so names sort).
@@ -87,6 +91,7 @@ pub(crate) struct Layout {
     pub notify: PathBuf,
     pub leases: PathBuf,
     pub quarantine: PathBuf,
+    pub delayed: PathBuf,
 }
 
 impl Layout {
@@ -99,11 +104,12 @@ impl Layout {
             notify: root.join("notify"),
             leases: root.join("leases"),
             quarantine: root.join("quarantine"),
+            delayed: root.join("delayed"),
         }
     }
 
     /// The top-level directories, in creation order.
-    pub(crate) fn dirs(&self) -> [&Path; 6] {
+    pub(crate) fn dirs(&self) -> [&Path; 7] {
         [
             &self.tmp,
             &self.jobs,
@@ -111,6 +117,7 @@ impl Layout {
             &self.notify,
             &self.leases,
             &self.quarantine,
+            &self.delayed,
         ]
     }
 
@@ -136,6 +143,14 @@ impl Layout {
 
     pub(crate) fn result_value(&self, id: &JobId) -> PathBuf {
         self.result_dir(id).join("value")
+    }
+
+    pub(crate) fn result_outcome(&self, id: &JobId) -> PathBuf {
+        self.result_dir(id).join("outcome.json")
+    }
+
+    pub(crate) fn retries_dir(&self, id: &JobId) -> PathBuf {
+        self.job_dir(id).join("retries")
     }
 
     pub(crate) fn targets_dir(&self, id: &JobId) -> PathBuf {
@@ -216,6 +231,24 @@ pub(crate) fn bucket_end_millis(name: &str) -> Option<u64> {
     }
     let b = u64::from_str_radix(name, 16).ok()?;
     Some((b + 1) << BUCKET_SHIFT)
+}
+
+/// A delayed-index entry name: `<due ms, 13 digits>.<class>.<id>` (sorts by due time).
+pub(crate) fn delayed_name(due_ms: u64, class: &str, id: &JobId) -> String {
+    format!("{due_ms:013}.{class}.{id}")
+}
+
+/// Parses a delayed-index entry name into (due ms, priority class, id).
+pub(crate) fn parse_delayed_name(name: &str) -> Option<(u64, String, JobId)> {
+    let mut parts = name.splitn(3, '.');
+    let due = parts.next()?;
+    if due.len() != 13 || !due.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let class = parts.next()?;
+    parse_priority_class(class)?;
+    let id = parts.next()?.parse().ok()?;
+    Some((due.parse().ok()?, class.to_string(), id))
 }
 
 /// Parses a notification-index entry name: `<id>` or `<id>.<nonce>`.

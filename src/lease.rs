@@ -42,6 +42,28 @@ pub enum CompromiseReason {
     Expired,
     /// The job was removed from the store.
     Removed,
+    /// The job was cancelled ([`Store::cancel`](crate::Store::cancel)).
+    Cancelled,
+    /// The job's time ran out: its run timeout (the attempt counts as failed) or its deadline
+    /// (the job expired).
+    TimedOut,
+}
+
+/// A time limit on a held lease, enforced by the heartbeat thread.
+pub(crate) struct TimeLimit {
+    pub at: Instant,
+    pub kind: LimitKind,
+}
+
+/// What happens when a [`TimeLimit`] passes.
+pub(crate) enum LimitKind {
+    /// The run timeout: the lease ends as `timedout` (a failed attempt).
+    Run,
+    /// The deadline: the job is finished as expired with this `outcome.json`.
+    Deadline {
+        outcome: Vec<u8>,
+        fs: crate::atomic::AtomicFs,
+    },
 }
 
 /// The owner record written into a lease file.
@@ -75,6 +97,9 @@ pub(crate) struct LeaseState {
     finishing: AtomicBool,
     ended: AtomicBool,
     callback: Mutex<Option<Callback>>,
+    limit: Mutex<Option<TimeLimit>>,
+    /// Set when this process itself ended the lease for a time limit.
+    timed_out: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -105,7 +130,18 @@ impl LeaseState {
         }
     }
 
+    /// Sets (or clears) the time limit the heartbeat enforces.
+    pub(crate) fn set_limit(&self, limit: Option<TimeLimit>) {
+        *lock(&self.limit) = limit;
+    }
+
     fn reason(&self) -> CompromiseReason {
+        if self.timed_out.load(Ordering::SeqCst) || self.epoch_dir.join("deadline").exists() {
+            return CompromiseReason::TimedOut;
+        }
+        if self.epoch_dir.join("cancelled").exists() {
+            return CompromiseReason::Cancelled;
+        }
         if self.job_dir.exists() {
             CompromiseReason::Expired
         } else {
@@ -129,6 +165,9 @@ impl LeaseState {
         if self.is_ended() || self.is_compromised() {
             return;
         }
+        if self.enforce_limit() {
+            return;
+        }
         if let Some(f) = lock(&self.file).as_ref() {
             let mut last = lock(&self.last_beat);
             match touch_file(f, *last) {
@@ -140,6 +179,46 @@ impl LeaseState {
             // Re-check after a moment's race with a commit that just completed.
             if !self.is_ended() && !self.finishing.load(Ordering::SeqCst) {
                 self.compromise();
+            }
+        }
+    }
+
+    /// Ends the lease if its time limit has passed; true if it did.
+    fn enforce_limit(&self) -> bool {
+        let guard = lock(&self.limit);
+        let Some(limit) = guard.as_ref() else {
+            return false;
+        };
+        if Instant::now() < limit.at || self.finishing.load(Ordering::SeqCst) {
+            return false;
+        }
+        let ended = match &limit.kind {
+            LimitKind::Run => fs::rename(&self.held, self.epoch_dir.join("timedout")).is_ok(),
+            LimitKind::Deadline { outcome, fs: afs } => {
+                let written = afs
+                    .write_into_private_dir(&self.held.join("outcome.json"), outcome)
+                    .and_then(|()| afs.sync_dir(&self.held));
+                written.is_ok()
+                    && fs::rename(&self.held, self.job_dir.join("result")).is_ok()
+                    && afs.sync_dir(&self.job_dir).is_ok()
+            }
+        };
+        drop(guard);
+        if ended {
+            tracing::warn!(job = %self.id, epoch = self.epoch, "time limit passed: lease ended");
+            self.timed_out.store(true, Ordering::SeqCst);
+            self.finish();
+            self.fire();
+        }
+        ended
+    }
+
+    /// Marks the lease lost and fires the callback, once (even after `finish`).
+    fn fire(&self) {
+        if !self.compromised.swap(true, Ordering::SeqCst) {
+            let cb = lock(&self.callback).take();
+            if let Some(cb) = cb {
+                cb(self.reason());
             }
         }
     }
@@ -389,6 +468,8 @@ fn try_epoch(
         finishing: AtomicBool::new(false),
         ended: AtomicBool::new(false),
         callback: Mutex::new(None),
+        limit: Mutex::new(None),
+        timed_out: AtomicBool::new(false),
     })))
 }
 

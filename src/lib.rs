@@ -40,6 +40,7 @@
 #![warn(missing_docs)]
 
 mod atomic;
+mod delayed;
 mod error;
 mod fault;
 mod id;
@@ -48,7 +49,9 @@ mod job;
 mod layout;
 mod lease;
 mod notification;
+mod outcome;
 mod recover;
+mod retry;
 mod store;
 mod watch;
 mod work;
@@ -56,13 +59,14 @@ mod work;
 pub use atomic::Durability;
 pub use error::{Error, Result};
 pub use id::JobId;
-pub use job::{Counts, CreateOptions, JobInfo, JobState, JobSummary};
+pub use job::{AttemptError, Counts, CreateOptions, JobInfo, JobState, JobSummary};
 pub use layout::FORMAT_VERSION;
 pub use lease::CompromiseReason;
 pub use notification::NotificationLease;
 pub use recover::{Quarantined, RecoverOptions, RecoveryReport};
+pub use retry::RetryPolicy;
 pub use store::{Store, StoreBuilder};
-pub use work::WorkLease;
+pub use work::{Failure, WorkLease};
 
 /// The README's Rust example, compiled and run as a doctest.
 #[cfg(doctest)]

@@ -19,8 +19,10 @@ use crate::atomic::{FileStamp, exists, list_names, read_file, remove_file_if_exi
 use crate::error::{IoContext, Result};
 use crate::id::JobId;
 use crate::index::split_key;
+use crate::job::JobState;
 use crate::layout::{LeaseKind, parse_notify_entry};
 use crate::lease::{self, ClaimOutcome, CompromiseReason, LeaseState};
+use crate::outcome::OutcomeRecord;
 use crate::store::{READ_LIMIT, Store, canonical_json, rand_u32, target_name};
 use crate::watch::Channel;
 
@@ -45,6 +47,8 @@ pub struct NotificationLease {
     store: Store,
     state: Arc<LeaseState>,
     value: Vec<u8>,
+    /// Set when the job finished without a result.
+    outcome: Option<OutcomeRecord>,
     waiting: Vec<Value>,
     /// Target file name → which file it was, as pulled.
     snapshot: HashMap<String, FileStamp>,
@@ -73,9 +77,22 @@ impl NotificationLease {
         self.state.id
     }
 
-    /// The job's result.
+    /// The job's result (empty when it finished without one: see [`state`](Self::state)).
     pub fn value(&self) -> &[u8] {
         &self.value
+    }
+
+    /// How the job finished: [`JobState::Fulfilled`], or failed, cancelled or expired — the
+    /// waiting parties are told of those too.
+    pub fn state(&self) -> JobState {
+        self.outcome
+            .as_ref()
+            .map_or(JobState::Fulfilled, |o| o.state)
+    }
+
+    /// The final error of a job that finished without a result.
+    pub fn error(&self) -> Option<&str> {
+        self.outcome.as_ref().map(|o| o.error.as_str())
     }
 
     /// The targets waiting when the notification was pulled.
@@ -199,8 +216,16 @@ impl Store {
                 return Ok(None);
             }
         };
+        let mut outcome = None;
         let value = match read_file(&inner.layout.result_value(&id), READ_LIMIT) {
             Ok(v) => v,
+            Err(e)
+                if e.is_io_kind(io::ErrorKind::NotFound)
+                    && let Some(o) = crate::outcome::read_outcome(inner, &id)? =>
+            {
+                outcome = Some(o);
+                Vec::new()
+            }
             Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => {
                 // Not fulfilled (a foreign entry) or removed meanwhile.
                 let _ = state.end("done");
@@ -233,6 +258,7 @@ impl Store {
             store: self.clone(),
             state,
             value,
+            outcome,
             waiting,
             snapshot,
             _pinned: pinned,

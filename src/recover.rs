@@ -298,6 +298,7 @@ fn sweep_index(inner: &Inner, first: bool, report: &mut RecoveryReport) -> Resul
 fn sweep_jobs(store: &Store, notified: &HashSet<JobId>, report: &mut RecoveryReport) -> Result<()> {
     let inner = &store.inner;
     let layout = &inner.layout;
+    let delayed = sweep_delayed(inner, report)?;
     for shard in list_names(&layout.jobs)? {
         let shard_dir = layout.jobs.join(&shard);
         let is_shard = shard.len() == 2
@@ -342,7 +343,10 @@ fn sweep_jobs(store: &Store, notified: &HashSet<JobId>, report: &mut RecoveryRep
             check_job_parts(inner, &id, report)?;
             let fulfilled = exists(&layout.result_dir(&id))?;
             let mut fulfilled = fulfilled;
-            if fulfilled && !exists(&layout.result_value(&id))? {
+            if fulfilled
+                && !exists(&layout.result_value(&id))?
+                && !exists(&layout.result_outcome(&id))?
+            {
                 // Only a power loss in fast mode (no fsync) leaves this: the result was never
                 // durable, so the job is pending again.
                 let dir = layout.result_dir(&id);
@@ -357,7 +361,7 @@ fn sweep_jobs(store: &Store, notified: &HashSet<JobId>, report: &mut RecoveryRep
                         .add(&inner.fs, &notify_key(&id, rec.priority, None))?;
                     report.entries_added += 1;
                 }
-            } else {
+            } else if !delayed.contains(&id) {
                 let key = pending_key(&id, rec.priority);
                 if !exists(&inner.work.path(&key))? {
                     inner.work.add(&inner.fs, &key)?;
@@ -369,12 +373,44 @@ fn sweep_jobs(store: &Store, notified: &HashSet<JobId>, report: &mut RecoveryRep
     Ok(())
 }
 
+/// Quarantines foreign names in `delayed/` and drops entries whose job is gone or finished;
+/// returns the jobs that are waiting there (they get no pending entry).
+fn sweep_delayed(inner: &Inner, report: &mut RecoveryReport) -> Result<HashSet<JobId>> {
+    let layout = &inner.layout;
+    let mut waiting = HashSet::new();
+    for b in list_names(&layout.delayed)? {
+        let dir = layout.delayed.join(&b);
+        if bucket_end_millis(&b).is_none() || !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir())
+        {
+            push_q(inner, report, &dir, "not a delayed-index bucket directory")?;
+            continue;
+        }
+        for n in list_names(&dir)? {
+            let path = dir.join(&n);
+            match crate::layout::parse_delayed_name(&n) {
+                Some((_, _, id)) if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) => {
+                    if !exists(&layout.job_dir(&id))? || exists(&layout.result_dir(&id))? {
+                        crate::atomic::remove_file_if_exists(&path)?;
+                        report.entries_removed += 1;
+                    } else {
+                        waiting.insert(id);
+                    }
+                }
+                _ => push_q(inner, report, &path, "not a delayed-index entry")?,
+            }
+        }
+    }
+    Ok(waiting)
+}
+
 /// Quarantines foreign names inside a job directory and corrupt targets.
 fn check_job_parts(inner: &Inner, id: &JobId, report: &mut RecoveryReport) -> Result<()> {
     let layout = &inner.layout;
     let dir = layout.job_dir(id);
     for name in list_names(&dir)? {
-        let known = ["job.json", "result", "targets", "claims", "nclaims"];
+        let known = [
+            "job.json", "result", "targets", "claims", "nclaims", "retries",
+        ];
         if !known.contains(&name.as_str()) {
             push_q(inner, report, &dir.join(&name), "not part of a job")?;
         }

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +19,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::atomic::{AtomicFs, Durability, exists, list_names, read_file, read_file_ino};
+use crate::delayed::{Delayed, ms_of, now_ms};
 use crate::error::{Error, IoContext, Result};
 use crate::id::JobId;
 use crate::index::{Frontier, Index};
@@ -27,6 +29,7 @@ use crate::layout::{
     parse_notify_entry, priority_class,
 };
 use crate::lease::{self, Keeper, Observations};
+use crate::outcome::{self, Finish, OutcomeRecord};
 use crate::watch::{Channel, Signals, Watch};
 
 /// Largest `job.json` or result file the store reads back (a corrupt giant is refused).
@@ -190,6 +193,11 @@ pub(crate) struct Inner {
     fs_volatile: AtomicFs,
     pub work: Index,
     pub notify: Index,
+    pub delayed: Delayed,
+    /// The earliest due time in `delayed/` this process knows of (ms); `None` if none, and
+    /// `delayed_stale` asks the next pull to re-read the head of `delayed/`.
+    next_due: Mutex<Option<u64>>,
+    delayed_stale: AtomicBool,
     pub signals: Arc<Signals>,
     pub watch: Mutex<Watch>,
     work_frontier: Mutex<FrontierState>,
@@ -230,6 +238,53 @@ impl Inner {
         }
     }
 
+    /// Tells this process about a delayed entry it made (events tell other processes).
+    pub(crate) fn note_due(&self, due: u64) {
+        let mut next = lock(&self.next_due);
+        *next = Some(next.map_or(due, |d| d.min(due)));
+        drop(next);
+        self.signals.bump(Channel::Work);
+    }
+
+    /// Time until the earliest known delayed job is due (zero if the head must be re-read).
+    pub(crate) fn until_due(&self) -> Option<Duration> {
+        if self.delayed_stale.load(Ordering::SeqCst) {
+            return Some(Duration::ZERO);
+        }
+        lock(&self.next_due).map(|due| Duration::from_millis(due.saturating_sub(now_ms())))
+    }
+
+    /// Promotes delayed jobs that are due (or re-reads the head of `delayed/` after a change).
+    fn promote_delayed(&self) -> Result<()> {
+        let changed = std::mem::take(&mut self.signals.lock().delayed_changed);
+        let now = now_ms();
+        let stale = self.delayed_stale.swap(false, Ordering::SeqCst) || changed;
+        let due = lock(&self.next_due).is_some_and(|d| d <= now);
+        if !stale && !due {
+            return Ok(());
+        }
+        let promoted = {
+            let mut watch = lock(&self.watch);
+            match self
+                .delayed
+                .promote_due(&self.fs, &self.work, now, &mut watch)
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    // Try again after a poll interval, not at once.
+                    let later = now + self.opts.poll_interval.as_millis() as u64;
+                    *lock(&self.next_due) = Some(later);
+                    return Err(e);
+                }
+            }
+        };
+        *lock(&self.next_due) = promoted.next_due;
+        for key in promoted.keys {
+            self.offer(LeaseKind::Work, key);
+        }
+        Ok(())
+    }
+
     /// Tells this process's frontier about an entry (events do this for other processes).
     pub(crate) fn offer(&self, kind: LeaseKind, key: String) {
         lock(self.frontier(kind)).frontier.offer(key);
@@ -257,6 +312,11 @@ impl Inner {
             lease::scan(self, Some(closed))?;
         }
         self.maybe_scan_leases()?;
+        if kind == LeaseKind::Work
+            && let Err(e) = self.promote_delayed()
+        {
+            tracing::warn!("cannot promote delayed jobs: {e}");
+        }
         let index = self.index(kind);
         let mut fr = lock(self.frontier(kind));
         let mut watch = lock(&self.watch);
@@ -394,9 +454,14 @@ impl Store {
             if now >= deadline {
                 return Ok(None);
             }
-            let nap = (deadline - now)
+            let mut nap = (deadline - now)
                 .min(inner.opts.poll_interval)
                 .min(inner.opts.heartbeat);
+            if ch == Channel::Work
+                && let Some(due) = inner.until_due()
+            {
+                nap = nap.min(due.max(Duration::from_millis(1)));
+            }
             inner.signals.wait(ch, seen, nap);
         }
     }
@@ -551,6 +616,11 @@ impl Store {
             notify: Index {
                 root: layout.notify.clone(),
             },
+            delayed: Delayed {
+                root: layout.delayed.clone(),
+            },
+            next_due: Mutex::new(None),
+            delayed_stale: AtomicBool::new(true),
             layout,
             opts,
             fs,
@@ -641,11 +711,18 @@ impl Store {
         while inner.check_shard(&id).is_err() {
             id = JobId::generate(); // never write behind a planted link
         }
+        let now = SystemTime::now();
+        let run_at = opts.run_at.filter(|t| *t > now);
         let rec = JobRecord {
             id,
             priority: opts.get_priority(),
-            created_at: rfc3339(SystemTime::now()),
+            created_at: rfc3339(now),
             request,
+            not_before: run_at.map(rfc3339),
+            retry: opts.retry.clone(),
+            run_timeout_ms: opts.run_timeout.map(|d| d.as_millis() as u64),
+            deadline: opts.deadline.map(rfc3339),
+            pickup_timeout_ms: opts.pickup_timeout.map(|d| d.as_millis() as u64),
         };
         let bytes = serde_json::to_vec(&rec).map_err(|source| Error::Encode {
             what: "job",
@@ -675,6 +752,27 @@ impl Store {
         }
         let _ = staging.keep();
         crate::fault::point("create.after_rename");
+        if let Some(at) = run_at {
+            // A delayed job: its only index entry is in `delayed/` until it is due.
+            let due = ms_of(at);
+            let class = priority_class(rec.priority);
+            let indexed = inner.fs.sync_parent(&dest).and_then(|()| {
+                crate::fault::point("create.after_dir_fsync");
+                inner.delayed.add(&inner.fs, due, &class, &id)
+            });
+            if let Err(e) = indexed {
+                let grave = inner
+                    .layout
+                    .tmp
+                    .join(format!("unmade.{id}.{:08x}", rand_u32()));
+                if fs::rename(&dest, &grave).is_ok() {
+                    let _ = fs::remove_dir_all(&grave);
+                }
+                return Err(e);
+            }
+            inner.note_due(due);
+            return Ok(id);
+        }
         let key = pending_key(&id, rec.priority);
         // Both new names (the job directory, its index entry) are made first and their two
         // directories fsynced after: on a journaling filesystem the first fsync commits both,
@@ -744,25 +842,27 @@ impl Store {
         inner.after_fulfilled(id, rec.priority)
     }
 
-    /// The job's result, if it is fulfilled.
+    /// The job's result, if it is fulfilled; `None` while it is not finished. A job that
+    /// finished without a result (failed, cancelled, expired) gives [`Error::Unfulfilled`].
     pub fn result(&self, id: &JobId) -> Result<Option<Vec<u8>>> {
         self.inner.check_shard(id)?;
-        let path = self.inner.layout.result_value(id);
-        match read_file(&path, READ_LIMIT) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => {
+        match outcome::read(&self.inner, id)? {
+            Some(Finish::Fulfilled(v, _)) => Ok(Some(v)),
+            Some(Finish::Unfulfilled(o)) => Err(o.to_error(id)),
+            None => {
                 if exists(&self.inner.layout.job_dir(id))? {
                     Ok(None)
                 } else {
                     Err(Error::NotFound(*id))
                 }
             }
-            Err(e) => Err(e),
         }
     }
 
     /// Blocks until the job is fulfilled and returns its result, woken by file events (and at
-    /// worst by the poll interval); [`Error::Timeout`] after `timeout`.
+    /// worst by the poll interval); [`Error::Timeout`] after `timeout`. A job that finishes
+    /// without a result gives [`Error::Unfulfilled`]; a job that reaches its deadline (or
+    /// pickup timeout) while waited on is expired by the waiter.
     ///
     /// ```
     /// use std::time::Duration;
@@ -786,16 +886,29 @@ impl Store {
         }
         let _unhold = Unhold(inner, job_dir);
         let deadline = Instant::now() + timeout;
+        let rec = inner.read_record(id)?;
         loop {
             let seen = inner.signals.seq(Channel::Result);
             if let Some(v) = self.result(id)? {
                 return Ok(v);
             }
+            // A job past its deadline (or never picked up in time) expires here, at the latest.
+            let claimed = self.epoch_state(LeaseKind::Work, id)?.0 > 0;
+            let mut nap = inner.opts.poll_interval;
+            if let Some(at) = rec.expires_at(claimed) {
+                match at.duration_since(SystemTime::now()) {
+                    Ok(left) => nap = nap.min(left),
+                    Err(_) => {
+                        self.expire(id, &rec, claimed)?;
+                        continue;
+                    }
+                }
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Err(Error::Timeout);
             }
-            let nap = (deadline - now).min(inner.opts.poll_interval);
+            let nap = (deadline - now).min(nap).max(Duration::from_millis(1));
             inner.signals.wait(Channel::Result, seen, nap);
         }
     }
@@ -816,24 +929,38 @@ impl Store {
     pub fn get(&self, id: &JobId) -> Result<JobInfo> {
         let inner = &self.inner;
         let rec = inner.read_record(id)?;
-        let value_path = inner.layout.result_value(id);
-        let (result, fulfilled_at) = match read_file(&value_path, READ_LIMIT) {
-            Ok(v) => {
-                let t = fs::symlink_metadata(&value_path)
-                    .and_then(|m| m.modified())
-                    .ok();
-                (Some(v), t)
-            }
-            Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => (None, None),
-            Err(e) => return Err(e),
-        };
         let (attempts, held) = self.epoch_state(LeaseKind::Work, id)?;
-        let state = if result.is_some() {
-            JobState::Fulfilled
-        } else if held {
-            JobState::Running
+        let mut finish = outcome::read(inner, id)?;
+        if finish.is_none() && !held && rec.expiry_reason(SystemTime::now(), attempts > 0).is_some()
+        {
+            // Past its time: expire it now rather than report a state it no longer has.
+            self.expire(id, &rec, attempts > 0)?;
+            finish = outcome::read(inner, id)?;
+        }
+        let mut errors = crate::retry::history(&inner.layout, id)?;
+        let (state, result, fulfilled_at, finished_at, error) = match finish {
+            Some(Finish::Fulfilled(v, at)) => (JobState::Fulfilled, Some(v), at, at, None),
+            Some(Finish::Unfulfilled(o)) => {
+                if o.state == JobState::Failed {
+                    errors.push(crate::job::AttemptError {
+                        attempt: attempts,
+                        error: o.error.clone(),
+                    });
+                }
+                let at = humantime::parse_rfc3339(&o.at).ok();
+                (o.state, None, None, at, Some(o.error))
+            }
+            None if held => (JobState::Running, None, None, None, None),
+            None => (JobState::Pending, None, None, None, None),
+        };
+        let run_at = if state == JobState::Pending {
+            self.run_at(id, &rec, attempts)?
         } else {
-            JobState::Pending
+            None
+        };
+        let state = match run_at {
+            Some(_) => JobState::Delayed,
+            None => state,
         };
         Ok(JobInfo {
             id: *id,
@@ -845,7 +972,143 @@ impl Store {
             waiting: self.waiting(id)?,
             result,
             fulfilled_at,
+            finished_at,
+            error,
+            errors,
+            run_at,
         })
+    }
+
+    /// When a job that is neither held nor finished becomes pullable, if that is still ahead:
+    /// its `not_before`, or the `retry_at` its last failed attempt recorded — unless a pending
+    /// entry says it is pullable already.
+    fn run_at(&self, id: &JobId, rec: &JobRecord, attempts: u64) -> Result<Option<SystemTime>> {
+        let layout = &self.inner.layout;
+        if exists(&self.inner.work.path(&pending_key(id, rec.priority)))? {
+            return Ok(None);
+        }
+        let mut at = rec.not_before_time();
+        if attempts > 0 {
+            let note = layout
+                .epoch_dir(LeaseKind::Work, id, attempts)
+                .join("failed")
+                .join("error.json");
+            if let Ok(bytes) = read_file(&note, 64 * 1024)
+                && let Ok(v) = serde_json::from_slice::<Value>(&bytes)
+                && let Some(t) = v
+                    .get("retry_at")
+                    .and_then(|t| t.as_str())
+                    .and_then(|t| humantime::parse_rfc3339(t).ok())
+            {
+                at = Some(at.map_or(t, |a| a.max(t)));
+            }
+        }
+        Ok(at.filter(|t| *t > SystemTime::now()))
+    }
+
+    /// Finishes a job as expired (if it has not finished otherwise), ends its holder and does
+    /// the index work of a finish.
+    fn expire(&self, id: &JobId, rec: &JobRecord, claimed: bool) -> Result<()> {
+        let reason = rec
+            .expiry_reason(SystemTime::now(), claimed)
+            .unwrap_or_else(|| "expired".into());
+        let outcome = OutcomeRecord::new(JobState::Expired, reason);
+        if outcome::finish_unfenced(&self.inner, id, &outcome)? {
+            outcome::end_holder(&self.inner, id, "deadline")?;
+            self.inner.after_fulfilled(id, rec.priority)?;
+        }
+        Ok(())
+    }
+
+    /// Cancels a job that has not finished: it is [`JobState::Cancelled`] at once, its holder
+    /// (if one is running it) is told through its compromise callback
+    /// ([`CompromiseReason::Cancelled`](crate::CompromiseReason::Cancelled)) and its writes are
+    /// refused, and waiters get [`Error::Unfulfilled`]. A finished job gives
+    /// [`Error::WrongState`].
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let id = store.create(&"x")?;
+    /// store.cancel(&id, "not needed")?;
+    /// assert_eq!(store.get(&id)?.state, jobdir::JobState::Cancelled);
+    /// assert!(store.pull_work()?.is_none());
+    /// assert!(matches!(store.result(&id), Err(jobdir::Error::Unfulfilled { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cancel(&self, id: &JobId, reason: &str) -> Result<()> {
+        let inner = &self.inner;
+        let rec = inner.read_record(id)?;
+        let error = if reason.is_empty() {
+            "cancelled".to_string()
+        } else {
+            reason.to_string()
+        };
+        let outcome = OutcomeRecord::new(JobState::Cancelled, error);
+        if !outcome::finish_unfenced(inner, id, &outcome)? {
+            return Err(Error::WrongState {
+                id: *id,
+                state: self.get(id)?.state,
+                what: "only a job that has not finished can be cancelled",
+            });
+        }
+        outcome::end_holder(inner, id, "cancelled")?;
+        inner.after_fulfilled(id, rec.priority)
+    }
+
+    /// Runs a failed, cancelled or expired job again, with a fresh attempt budget: its outcome
+    /// is set aside (kept in its history) and it is pending at once. A job that has not
+    /// finished, or is fulfilled, gives [`Error::WrongState`].
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let id = store.create(&"x")?;
+    /// store.cancel(&id, "")?;
+    /// store.retry(&id)?;
+    /// assert_eq!(store.get(&id)?.state, jobdir::JobState::Pending);
+    /// store.pull_work()?.unwrap().fulfill(b"ok")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn retry(&self, id: &JobId) -> Result<()> {
+        let inner = &self.inner;
+        let layout = &inner.layout;
+        let rec = inner.read_record(id)?;
+        match outcome::read(inner, id)? {
+            Some(Finish::Unfulfilled(_)) => {}
+            _ => {
+                return Err(Error::WrongState {
+                    id: *id,
+                    state: self.get(id)?.state,
+                    what: "only a failed, cancelled or expired job can be retried",
+                });
+            }
+        }
+        let (epoch, _) = self.epoch_state(LeaseKind::Work, id)?;
+        let dir = layout.retries_dir(id);
+        match inner.fs.make_dir(&dir) {
+            Ok(()) => inner.fs.sync_parent(&dir)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).ctx("create directory", &dir),
+        }
+        let slot = dir.join(format!(
+            "{}.{:08x}",
+            crate::retry::retry_slot(epoch),
+            rand_u32()
+        ));
+        let result = layout.result_dir(id);
+        match fs::rename(&result, &slot) {
+            Ok(()) => {}
+            // Another retry won.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).ctx("rename", &result),
+        }
+        inner.fs.sync_dir(&dir)?;
+        inner.fs.sync_dir(&layout.job_dir(id))?;
+        let key = pending_key(id, rec.priority);
+        inner.work.add(&inner.fs, &key)?;
+        inner.offer(LeaseKind::Work, key);
+        Ok(())
     }
 
     /// (highest epoch, whether it is held).
@@ -907,50 +1170,66 @@ impl Store {
     pub fn list(&self) -> Result<Vec<JobSummary>> {
         let layout = &self.inner.layout;
         let mut out = Vec::new();
-        let bad = lock(&self.inner.bad_shards).clone();
-        for shard in list_names(&layout.jobs)? {
-            if bad.contains(&shard) {
-                continue;
-            }
-            for name in list_names(&layout.jobs.join(&shard))? {
-                let Ok(id) = name.parse::<JobId>() else {
-                    continue;
-                };
-                if id.shard() != shard {
-                    continue;
+        for id in self.all_ids()? {
+            let state = if exists(&layout.result_dir(&id))? {
+                self.finished_state(&id)?
+            } else if self.epoch_state(LeaseKind::Work, &id)?.1 {
+                JobState::Running
+            } else {
+                match self.inner.read_record(&id) {
+                    Ok(rec) => {
+                        let attempts = self.epoch_state(LeaseKind::Work, &id)?.0;
+                        match self.run_at(&id, &rec, attempts)? {
+                            Some(_) => JobState::Delayed,
+                            None => JobState::Pending,
+                        }
+                    }
+                    Err(_) => JobState::Pending,
                 }
-                let state = if exists(&layout.result_dir(&id))? {
-                    JobState::Fulfilled
-                } else if self.epoch_state(LeaseKind::Work, &id)?.1 {
-                    JobState::Running
-                } else {
-                    JobState::Pending
-                };
-                out.push(JobSummary { id, state });
-            }
+            };
+            out.push(JobSummary { id, state });
         }
         out.sort_by_key(|s| s.id);
         Ok(out)
     }
 
-    /// Counts per state, from the indexes and lease files (names only, no file contents).
-    pub fn counts(&self) -> Result<Counts> {
-        let inner = &self.inner;
-        let layout = &inner.layout;
-        let mut total = 0u64;
-        let bad = lock(&inner.bad_shards).clone();
+    /// Every job id in the store (bad shards left out).
+    fn all_ids(&self) -> Result<Vec<JobId>> {
+        let layout = &self.inner.layout;
+        let bad = lock(&self.inner.bad_shards).clone();
+        let mut out = Vec::new();
         for shard in list_names(&layout.jobs)? {
             if bad.contains(&shard) {
                 continue;
             }
-            total += list_names(&layout.jobs.join(&shard))?
-                .iter()
-                .filter(|n| n.parse::<JobId>().is_ok())
-                .count() as u64;
+            for name in list_names(&layout.jobs.join(&shard))? {
+                if let Ok(id) = name.parse::<JobId>()
+                    && id.shard() == shard
+                {
+                    out.push(id);
+                }
+            }
         }
-        let mut unfinished = 0u64;
+        Ok(out)
+    }
+
+    /// How a job with a `result/` finished (fulfilled unless it holds an outcome record).
+    fn finished_state(&self, id: &JobId) -> Result<JobState> {
+        if exists(&self.inner.layout.result_value(id))? {
+            return Ok(JobState::Fulfilled);
+        }
+        Ok(outcome::read_outcome(&self.inner, id)?
+            .map(|o| o.state)
+            .unwrap_or(JobState::Fulfilled))
+    }
+
+    /// Counts per state, from the indexes and lease files, plus one look at each finished job.
+    pub fn counts(&self) -> Result<Counts> {
+        let inner = &self.inner;
+        let layout = &inner.layout;
+        let ids = self.all_ids()?;
+        let mut unfinished = HashSet::new();
         let mut oldest: Option<u64> = None;
-        let mut stale = 0u64;
         for key in crate::index::all_keys(&inner.work)? {
             let Some((_, _, name)) = crate::index::split_key(&key) else {
                 continue;
@@ -959,13 +1238,21 @@ impl Store {
                 continue;
             };
             if exists(&layout.result_dir(&id))? || !exists(&layout.job_dir(&id))? {
-                stale += 1;
-                continue;
+                continue; // stale: pullers remove it
             }
-            unfinished += 1;
-            oldest = Some(oldest.map_or(id.unix_millis(), |o| o.min(id.unix_millis())));
+            if unfinished.insert(id) {
+                oldest = Some(oldest.map_or(id.unix_millis(), |o| o.min(id.unix_millis())));
+            }
         }
-        let _ = stale;
+        let mut delayed = HashSet::new();
+        for (_, _, id, _) in inner.delayed.all()? {
+            if !unfinished.contains(&id)
+                && exists(&layout.job_dir(&id))?
+                && !exists(&layout.result_dir(&id))?
+            {
+                delayed.insert(id);
+            }
+        }
         let mut running = 0u64;
         for name in list_names(&layout.leases)? {
             if let Some((LeaseKind::Work, id, epoch)) = parse_lease_name(&name)
@@ -975,7 +1262,22 @@ impl Store {
                 running += 1;
             }
         }
-        let mut notified = std::collections::HashSet::new();
+        let mut c = Counts::default();
+        for id in &ids {
+            if unfinished.contains(id) || delayed.contains(id) {
+                continue;
+            }
+            if !exists(&layout.result_dir(id))? {
+                continue; // neither indexed nor finished: recover re-indexes it
+            }
+            match self.finished_state(id)? {
+                JobState::Failed => c.failed += 1,
+                JobState::Cancelled => c.cancelled += 1,
+                JobState::Expired => c.expired += 1,
+                _ => c.fulfilled += 1,
+            }
+        }
+        let mut notified = HashSet::new();
         for key in crate::index::all_keys(&inner.notify)? {
             if let Some(id) =
                 crate::index::split_key(&key).and_then(|(_, _, n)| parse_notify_entry(n))
@@ -983,24 +1285,20 @@ impl Store {
                 notified.insert(id);
             }
         }
-        let quarantined = list_names(&layout.quarantine)?.len() as u64;
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let unfinished = unfinished.len() as u64;
         let running = running.min(unfinished);
-        Ok(Counts {
-            pending: unfinished - running,
-            running,
-            fulfilled: total.saturating_sub(unfinished),
-            notifications: notified.len() as u64,
-            quarantined,
-            oldest_pending_age: if unfinished > running {
-                oldest.map(|o| Duration::from_millis(now_ms.saturating_sub(o)))
-            } else {
-                None
-            },
-        })
+        let now_ms = now_ms();
+        c.pending = unfinished - running;
+        c.running = running;
+        c.delayed = delayed.len() as u64;
+        c.notifications = notified.len() as u64;
+        c.quarantined = list_names(&layout.quarantine)?.len() as u64;
+        c.oldest_pending_age = if unfinished > running {
+            oldest.map(|o| Duration::from_millis(now_ms.saturating_sub(o)))
+        } else {
+            None
+        };
+        Ok(c)
     }
 
     /// Queues a notification target (any JSON value) on a job, before or after fulfilment.

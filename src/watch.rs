@@ -55,6 +55,8 @@ pub(crate) struct SignalState {
     pub notify: Inbox,
     /// Lease files closed by a writer (a holder that ended or died).
     pub leases_closed: Vec<PathBuf>,
+    /// Something appeared in `delayed/`: the next pull re-reads its head.
+    pub delayed_changed: bool,
     seq: [u64; 3],
 }
 
@@ -141,6 +143,16 @@ impl Signals {
         let appeared = matches!(kind, Seen::Appeared | Seen::DirCreated);
         let dir_created = kind == Seen::DirCreated;
         let dir_removed = kind == Seen::DirGone;
+        if path.starts_with(&layout.delayed) {
+            if appeared {
+                let mut st = self.lock();
+                st.delayed_changed = true;
+                Self::bump_locked(&mut st, Channel::Work);
+                drop(st);
+                self.wake(Channel::Work);
+            }
+            return;
+        }
         for (root, ch) in [
             (&layout.pending, Channel::Work),
             (&layout.notify, Channel::Notify),
@@ -245,7 +257,7 @@ impl Seen {
 fn mask_for(layout: &Layout, dir: &Path) -> WatchMask {
     if dir == layout.leases {
         WatchMask::CLOSE_WRITE | WatchMask::EXCL_UNLINK | WatchMask::ONLYDIR
-    } else if dir.starts_with(&layout.jobs) {
+    } else if dir.starts_with(&layout.jobs) || dir.starts_with(&layout.delayed) {
         WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::ONLYDIR
     } else {
         WatchMask::CREATE
@@ -393,7 +405,12 @@ impl Watch {
             watched: HashMap::new(),
             job_refs: HashMap::new(),
         };
-        for dir in [&layout.pending, &layout.notify, &layout.leases] {
+        for dir in [
+            &layout.pending,
+            &layout.notify,
+            &layout.leases,
+            &layout.delayed,
+        ] {
             w.ensure(dir);
         }
         w

@@ -16,11 +16,25 @@ use crate::atomic::{exists, touch_path};
 use crate::error::{Error, IoContext, Result};
 use crate::id::JobId;
 use crate::index::split_key;
-use crate::job::JobRecord;
+use crate::job::{JobRecord, JobState};
 use crate::layout::LeaseKind;
-use crate::lease::{self, ClaimOutcome, CompromiseReason, LeaseState};
+use crate::lease::{self, ClaimOutcome, CompromiseReason, LeaseState, LimitKind, TimeLimit};
+use crate::outcome::OutcomeRecord;
 use crate::store::{Inner, Store, notify_key};
 use crate::watch::Channel;
+
+/// What [`WorkLease::fail`] did with the job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// It will be pending again after this backoff.
+    Retrying {
+        /// The backoff (with jitter) before it is pullable again.
+        after: Duration,
+    },
+    /// That was its last allowed attempt: it is finished as failed.
+    Failed,
+}
 
 /// A job held under a lease by this process. The lease is heartbeated in the background while
 /// the value lives; dropping it releases the job back to pending.
@@ -110,6 +124,14 @@ impl WorkLease {
             Err(e) => return Err(e),
         }
         crate::fault::point("fulfill.before_commit");
+        self.commit()
+    }
+
+    /// The commit: `held/` → `result/` (fenced), then the job directory's fsync and the index
+    /// work that follows a finish.
+    fn commit(self) -> Result<()> {
+        let inner = &self.store.inner;
+        let st = &self.state;
         st.set_finishing(true);
         let result_dir = inner.layout.result_dir(&st.id);
         match fs::rename(&st.held, &result_dir) {
@@ -141,6 +163,87 @@ impl WorkLease {
         inner.after_fulfilled(&st.id, self.record.priority)
     }
 
+    /// Records this attempt as failed with `error`. Under the job's [`RetryPolicy`](crate::RetryPolicy)
+    /// (default: 5 attempts, backoff from 1 s doubling, with jitter) the job becomes delayed
+    /// and pending again after the backoff ([`Failure::Retrying`]); on its last allowed attempt
+    /// it is finished as [`JobState::Failed`](crate::JobState::Failed) with `error` as its final error
+    /// ([`Failure::Failed`]), and [`Store::retry`](crate::Store::retry) can run it again. Fenced like
+    /// [`fulfill`](Self::fulfill).
+    ///
+    /// ```
+    /// use jobdir::{CreateOptions, Failure, JobState, RetryPolicy};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let id = store.create_with(&"x", CreateOptions::default()
+    ///     .retry(RetryPolicy::default().with_max_attempts(1)))?;
+    /// let job = store.pull_work()?.unwrap();
+    /// assert_eq!(job.fail("disk full")?, Failure::Failed);
+    /// let info = store.get(&id)?;
+    /// assert_eq!(info.state, JobState::Failed);
+    /// assert_eq!(info.error.as_deref(), Some("disk full"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn fail(self, error: &str) -> Result<Failure> {
+        let inner = &self.store.inner;
+        let st = &self.state;
+        st.check_live()?;
+        let id = st.id;
+        let policy = self.record.retry_policy();
+        let failures = crate::retry::failures(&inner.layout, &id, st.epoch)?.len() as u32 + 1;
+        let now = std::time::SystemTime::now();
+        if failures >= policy.max_attempts() {
+            let outcome = OutcomeRecord::new(JobState::Failed, error);
+            self.commit_outcome(&outcome)?;
+            return Ok(Failure::Failed);
+        }
+        let backoff = policy.jittered(failures);
+        let due = crate::delayed::ms_of(now + backoff);
+        let note = serde_json::json!({
+            "error": error,
+            "at": crate::job::rfc3339(now),
+            "retry_at": crate::job::rfc3339(now + backoff),
+        });
+        let written = inner
+            .fs
+            .write_into_private_dir(&st.held.join("error.json"), note.to_string().as_bytes());
+        match written {
+            Ok(()) => {}
+            Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => {
+                st.compromise();
+                return Err(Error::LeaseLost(id));
+            }
+            Err(e) => return Err(e),
+        }
+        // The delayed entry first, then the pending entry goes, then the lease ends: the job is
+        // never pullable during its backoff, and never without an entry.
+        let class = crate::layout::priority_class(self.record.priority);
+        inner.delayed.add(&inner.fs, due, &class, &id)?;
+        inner.work.remove(&self.key)?;
+        st.end("failed")?;
+        inner.note_due(due);
+        Ok(Failure::Retrying { after: backoff })
+    }
+
+    /// Finishes the job with a non-result outcome under the lease: `outcome.json` into `held/`,
+    /// then `held/` → `result/`, as a fenced fulfilment does.
+    fn commit_outcome(self, outcome: &OutcomeRecord) -> Result<()> {
+        let inner = &self.store.inner;
+        let st = &self.state;
+        let written = inner
+            .fs
+            .write_into_private_dir(&st.held.join("outcome.json"), &outcome.to_bytes()?)
+            .and_then(|()| inner.fs.sync_dir(&st.held));
+        match written {
+            Ok(()) => {}
+            Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => {
+                st.compromise();
+                return Err(Error::LeaseLost(st.id));
+            }
+            Err(e) => return Err(e),
+        }
+        self.commit()
+    }
+
     /// Gives the job back: it is pending again at once (its attempt count stays). Fails with
     /// [`Error::LeaseLost`] if the lease was already lost.
     pub fn release(self) -> Result<()> {
@@ -153,6 +256,69 @@ impl WorkLease {
     #[cfg(feature = "fault-injection")]
     pub fn abandon(self) {
         self.state.abandon();
+    }
+
+    /// Applies the job's limits to a fresh claim: a job past its deadline or pickup timeout is
+    /// finished as expired, a job out of attempts (expired leases and run timeouts count) as
+    /// failed — both under this lease, then the pull goes on. Otherwise arms the run timeout
+    /// and deadline on the heartbeat and hands the job out.
+    fn admit(self) -> Result<Option<WorkLease>> {
+        let inner = &self.store.inner;
+        let rec = &self.record;
+        let now = std::time::SystemTime::now();
+        if let Some(reason) = rec.expiry_reason(now, self.state.epoch > 1) {
+            let outcome = OutcomeRecord::new(JobState::Expired, reason);
+            self.commit_outcome(&outcome)?;
+            return Ok(None);
+        }
+        if self.state.epoch > 1 {
+            let policy = rec.retry_policy();
+            let failed = crate::retry::failures(&inner.layout, &rec.id, self.state.epoch)?;
+            if failed.len() as u32 >= policy.max_attempts() {
+                let last = failed.last().map(|f| f.error.as_str()).unwrap_or("failed");
+                let outcome = OutcomeRecord::new(
+                    JobState::Failed,
+                    format!(
+                        "{last} (attempt {} of {})",
+                        failed.len(),
+                        policy.max_attempts()
+                    ),
+                );
+                self.commit_outcome(&outcome)?;
+                return Ok(None);
+            }
+        }
+        let run = rec.run_timeout_ms.map(|ms| {
+            (
+                std::time::Instant::now() + Duration::from_millis(ms),
+                LimitKind::Run,
+            )
+        });
+        let deadline = match rec.deadline_time() {
+            Some(d) => {
+                let left = d.duration_since(now).unwrap_or_default();
+                let outcome = OutcomeRecord::new(
+                    JobState::Expired,
+                    format!("deadline {} passed while running", crate::job::rfc3339(d)),
+                );
+                Some((
+                    std::time::Instant::now() + left,
+                    LimitKind::Deadline {
+                        outcome: outcome.to_bytes()?,
+                        fs: inner.fs.clone(),
+                    },
+                ))
+            }
+            None => None,
+        };
+        let limit = match (run, deadline) {
+            (Some(r), Some(d)) => Some(if r.0 <= d.0 { r } else { d }),
+            (r, d) => r.or(d),
+        };
+        if let Some((at, kind)) = limit {
+            self.state.set_limit(Some(TimeLimit { at, kind }));
+        }
+        Ok(Some(self))
     }
 
     fn release_inner(&self) -> Result<()> {
@@ -206,12 +372,18 @@ impl Store {
         };
         match lease::claim(inner, LeaseKind::Work, &id, key)? {
             ClaimOutcome::Claimed(state) => match inner.read_record(&id) {
-                Ok(record) => Ok(Some(WorkLease {
-                    store: self.clone(),
-                    state,
-                    record,
-                    key: key.to_string(),
-                })),
+                Ok(record) => {
+                    let lease = WorkLease {
+                        store: self.clone(),
+                        state,
+                        record,
+                        key: key.to_string(),
+                    };
+                    match lease.admit() {
+                        Err(Error::AlreadyFulfilled(_)) => Ok(None),
+                        other => other,
+                    }
+                }
                 Err(Error::Corrupt { path, reason }) => {
                     state.finish();
                     crate::recover::quarantine(inner, &inner.layout.job_dir(&id), &reason)?;

@@ -4,7 +4,7 @@
 //! exits 2 (bad input), so a command with bad input never opens or creates the store.
 
 use std::io::Read;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use jobdir::JobId;
 use serde_json::Value;
@@ -98,4 +98,21 @@ pub struct ProgramArgs {
         allow_hyphen_values = true
     )]
     pub program: Vec<std::ffi::OsString>,
+}
+
+/// An RFC 3339 time (`2026-12-01T08:00:00Z`).
+pub fn time(text: &str) -> Result<SystemTime, String> {
+    humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time (2026-12-01T08:00:00Z): {e}"))
+}
+
+/// An RFC 3339 time, or a duration from now (`1h`).
+pub fn time_or_duration(text: &str) -> Result<SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(t);
+    }
+    let d = duration(text).map_err(|_| {
+        format!("{text:?} is neither an RFC 3339 time nor a duration (30m, 2h, 1d)")
+    })?;
+    Ok(SystemTime::now() + d)
 }

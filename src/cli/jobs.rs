@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, ValueEnum};
-use jobdir::{CreateOptions, Error, JobState};
+use jobdir::{CreateOptions, Error, JobState, RetryPolicy};
 
 use super::output::{print_job, print_raw};
 use super::{EXIT_NOT_FULFILLED, args, fail, open, open_existing, open_for_job};
@@ -18,6 +18,30 @@ pub struct CreateArgs {
     /// Priority: higher is pulled first; FIFO within a priority
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     priority: i32,
+    /// Not pullable before this much time has passed (`30s`, `5m`, `1h`)
+    #[arg(long, value_name = "DURATION", value_parser = args::duration, conflicts_with = "at")]
+    delay: Option<Duration>,
+    /// Not pullable before this time (RFC 3339, for example `2026-12-01T08:00:00Z`)
+    #[arg(long, value_name = "TIME", value_parser = args::time)]
+    at: Option<SystemTime>,
+    /// Attempts allowed in all before the job is failed (default 5)
+    #[arg(long, value_name = "N")]
+    max_attempts: Option<u32>,
+    /// Backoff before the first retry, doubling per failure, with jitter (default 1s)
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    backoff: Option<Duration>,
+    /// Largest backoff between retries (default 1h)
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    max_backoff: Option<Duration>,
+    /// The longest one attempt may run; past it the worker is stopped and the attempt fails
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    run_timeout: Option<Duration>,
+    /// Past this time (RFC 3339) or duration from now (`1h`) the job expires wherever it is
+    #[arg(long, value_name = "TIME|DURATION", value_parser = args::time_or_duration)]
+    deadline: Option<SystemTime>,
+    /// A job no worker pulled within this long (after it became pullable) expires
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    pickup_timeout: Option<Duration>,
     /// The request as JSON; read from stdin when absent or `-`
     #[arg(value_name = "REQUEST", allow_negative_numbers = true)]
     request: Option<String>,
@@ -63,31 +87,83 @@ pub struct LsArgs {
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum StateArg {
     Pending,
+    Delayed,
     Running,
     Fulfilled,
+    Failed,
+    Cancelled,
+    Expired,
 }
 
 impl StateArg {
     fn state(self) -> JobState {
         match self {
             StateArg::Pending => JobState::Pending,
+            StateArg::Delayed => JobState::Delayed,
             StateArg::Running => JobState::Running,
             StateArg::Fulfilled => JobState::Fulfilled,
+            StateArg::Failed => JobState::Failed,
+            StateArg::Cancelled => JobState::Cancelled,
+            StateArg::Expired => JobState::Expired,
         }
     }
 }
 
 #[derive(Args, Debug)]
+pub struct CancelArgs {
+    /// The job id
+    #[arg(value_name = "ID")]
+    id: String,
+    /// Why (kept as the job's error, shown to waiters)
+    #[arg(long, value_name = "TEXT", default_value = "cancelled")]
+    reason: String,
+}
+
+#[derive(Args, Debug)]
 pub struct PruneArgs {
-    /// Remove jobs fulfilled longer ago than this (`7d`, `12h`, `30m`)
+    /// Remove jobs finished (fulfilled, failed, cancelled, expired) longer ago than this
+    /// (`7d`, `12h`, `30m`)
     #[arg(long, value_name = "DURATION", value_parser = args::duration)]
     older_than: Duration,
 }
 
 pub fn create(dir: &Path, a: CreateArgs) -> anyhow::Result<()> {
     let request = args::json_or_stdin(a.request.as_deref(), "REQUEST")?;
+    let mut opts = CreateOptions::default().priority(a.priority);
+    if let Some(d) = a.delay {
+        opts = opts.delay(d);
+    }
+    if let Some(t) = a.at {
+        opts = opts.run_at(t);
+    }
+    if a.max_attempts.is_some() || a.backoff.is_some() || a.max_backoff.is_some() {
+        let mut policy = RetryPolicy::default();
+        if let Some(n) = a.max_attempts {
+            if n == 0 {
+                return Err(
+                    Error::InvalidOption("--max-attempts must be at least 1".into()).into(),
+                );
+            }
+            policy = policy.with_max_attempts(n);
+        }
+        let first = a.backoff.unwrap_or(policy.backoff_for(1));
+        let max = a
+            .max_backoff
+            .unwrap_or(Duration::from_secs(3600))
+            .max(first);
+        opts = opts.retry(policy.with_backoff(first, max));
+    }
+    if let Some(d) = a.run_timeout {
+        opts = opts.run_timeout(d);
+    }
+    if let Some(t) = a.deadline {
+        opts = opts.deadline(t);
+    }
+    if let Some(d) = a.pickup_timeout {
+        opts = opts.pickup_timeout(d);
+    }
     let store = open(dir)?;
-    let id = store.create_with(&request, CreateOptions::default().priority(a.priority))?;
+    let id = store.create_with(&request, opts)?;
     writeln!(io::stdout().lock(), "{id}")?;
     Ok(())
 }
@@ -165,6 +241,18 @@ pub fn ls(dir: &Path, a: LsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn cancel(dir: &Path, a: CancelArgs) -> anyhow::Result<()> {
+    let id = args::job_id(&a.id)?;
+    open_for_job(dir, &id)?.cancel(&id, &a.reason)?;
+    Ok(())
+}
+
+pub fn retry(dir: &Path, a: IdArg) -> anyhow::Result<()> {
+    let id = args::job_id(&a.id)?;
+    open_for_job(dir, &id)?.retry(&id)?;
+    Ok(())
+}
+
 pub fn remove(dir: &Path, a: IdArg) -> anyhow::Result<()> {
     let id = args::job_id(&a.id)?;
     open_for_job(dir, &id)?.remove(&id)?;
@@ -178,7 +266,7 @@ pub fn prune(dir: &Path, a: PruneArgs) -> anyhow::Result<()> {
             .checked_sub(a.older_than)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         for job in store.list()? {
-            if job.state != JobState::Fulfilled {
+            if !job.state.is_finished() {
                 continue;
             }
             let info = match store.get(&job.id) {
@@ -186,7 +274,7 @@ pub fn prune(dir: &Path, a: PruneArgs) -> anyhow::Result<()> {
                 Err(Error::NotFound(_)) => continue,
                 Err(e) => return Err(e.into()),
             };
-            let old = info.fulfilled_at.is_some_and(|t| t < cutoff);
+            let old = info.finished_at.is_some_and(|t| t < cutoff);
             if old && info.waiting.is_empty() {
                 match store.remove(&job.id) {
                     Ok(()) => removed += 1,

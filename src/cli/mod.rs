@@ -29,6 +29,9 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_NOT_FOUND: i32 = 3;
 /// Exit status of `result` when the job is not fulfilled yet.
 pub const EXIT_NOT_FULFILLED: i32 = 4;
+/// Exit status of `result`/`wait` when the job finished without a result (failed, cancelled,
+/// expired).
+pub const EXIT_UNFULFILLED: i32 = 5;
 /// Exit status of a timeout (as timeout(1)).
 pub const EXIT_TIMEOUT: i32 = 124;
 /// Exit status of any other failure.
@@ -48,7 +51,7 @@ const DEFAULT_DIR: &str = ".jobdir";
         several hosts sharing a filesystem, can create jobs, run workers and deliver results, and \
         carry on after any of them crashes.\n\n\
         Start with `jobdir demo`. Exit status: 0 success, 1 failure, 2 bad usage or input, \
-        3 no such job, 4 job not fulfilled yet (`result`), 124 timeout.",
+        3 no such job, 4 job not fulfilled yet (`result`), 5 job finished without a result (failed, cancelled, expired: `result`, `wait`), 124 timeout.",
     after_help = "The store is created on first use. Logs go to stderr (-v, -vv, or RUST_LOG)."
 )]
 struct Cli {
@@ -104,6 +107,16 @@ enum Command {
     Queue(jobs::TargetArgs),
     /// Remove a waiting notification target from a job
     Unqueue(jobs::TargetArgs),
+    /// Cancel a job that has not finished (a running one's worker is stopped)
+    #[command(
+        long_about = "Cancel a job that has not finished. A pending or delayed job is cancelled at \
+            once; a running one's lease is ended, so its worker is told (`jobdir work` stops \
+            PROGRAM) and its result is refused. Waiters get exit status 5. Cancelling a \
+            finished job fails (exit 1)."
+    )]
+    Cancel(jobs::CancelArgs),
+    /// Run a failed, cancelled or expired job again, with a fresh attempt budget
+    Retry(jobs::IdArg),
     /// Run a program once per waiting notification target of fulfilled jobs
     #[command(
         long_about = notify::LONG_ABOUT,
@@ -230,6 +243,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
                 | Error::Encode { .. } => EXIT_USAGE,
                 Error::NotFound(_) => EXIT_NOT_FOUND,
                 Error::Timeout => EXIT_TIMEOUT,
+                Error::Unfulfilled { .. } => EXIT_UNFULFILLED,
                 _ => EXIT_FAILURE,
             };
         }
@@ -249,6 +263,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Work(a) => work::run(&dir, a),
         Command::Queue(a) => jobs::queue(&dir, a),
         Command::Unqueue(a) => jobs::unqueue(&dir, a),
+        Command::Cancel(a) => jobs::cancel(&dir, a),
+        Command::Retry(a) => jobs::retry(&dir, a),
         Command::Notify(a) => notify::run(&dir, a),
         Command::Ls(a) => jobs::ls(&dir, a),
         Command::Status(a) => status::status(&dir, a),

@@ -23,6 +23,18 @@ pub struct JobJson<'a> {
     waiting: &'a [Value],
     #[serde(skip_serializing_if = "Option::is_none")]
     fulfilled_at: Option<String>,
+    /// When a delayed job becomes pending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_at: Option<String>,
+    /// When it finished in any way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished_at: Option<String>,
+    /// The final error of a failed, cancelled or expired job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    /// The errors of failed attempts, oldest first.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    errors: &'a [jobdir::AttemptError],
     /// The result when it is UTF-8 text.
     #[serde(skip_serializing_if = "Option::is_none")]
     result: Option<&'a str>,
@@ -44,6 +56,10 @@ impl<'a> JobJson<'a> {
             created_at: rfc3339(info.created_at),
             waiting: &info.waiting,
             fulfilled_at: info.fulfilled_at.map(rfc3339),
+            run_at: info.run_at.map(rfc3339),
+            finished_at: info.finished_at.map(rfc3339),
+            error: info.error.as_deref(),
+            errors: &info.errors,
             result: text,
             result_base64: match (bytes, text) {
                 (Some(b), None) => Some(base64::engine::general_purpose::STANDARD.encode(b)),

@@ -16,10 +16,11 @@ use super::output::human;
 use super::shutdown::Shutdown;
 use super::{args, open_existing};
 
-pub const STATUS_ABOUT: &str = "Show how many jobs are pending, running and fulfilled, how \
-    many fulfilled jobs have notification targets waiting, how many items recovery \
-    quarantined, and the age of the oldest pending job.\n\n\
-    --json prints one object with the keys pending, running, fulfilled, notifications, \
+pub const STATUS_ABOUT: &str = "Show how many jobs are pending, delayed, running, fulfilled, \
+    failed, cancelled and expired, how many finished jobs have notification targets waiting, \
+    how many items recovery quarantined, and the age of the oldest pending job.\n\n\
+    --json prints one object with the keys pending, delayed, running, fulfilled, failed, \
+    cancelled, expired, notifications, \
     quarantined and oldest_pending_age_seconds (a number, or null when nothing is pending). \
     --watch redraws every second until interrupted.";
 
@@ -53,8 +54,12 @@ pub struct RecoverArgs {
 #[derive(Serialize)]
 struct StatusJson {
     pending: u64,
+    delayed: u64,
     running: u64,
     fulfilled: u64,
+    failed: u64,
+    cancelled: u64,
+    expired: u64,
     notifications: u64,
     quarantined: u64,
     oldest_pending_age_seconds: Option<f64>,
@@ -64,8 +69,12 @@ impl From<&Counts> for StatusJson {
     fn from(c: &Counts) -> StatusJson {
         StatusJson {
             pending: c.pending,
+            delayed: c.delayed,
             running: c.running,
             fulfilled: c.fulfilled,
+            failed: c.failed,
+            cancelled: c.cancelled,
+            expired: c.expired,
             notifications: c.notifications,
             quarantined: c.quarantined,
             oldest_pending_age_seconds: c
@@ -82,12 +91,24 @@ fn render(c: &Counts, json: bool) -> anyhow::Result<String> {
     let oldest = c.oldest_pending_age.map_or_else(|| "-".to_string(), human);
     Ok(format!(
         "pending         {}\n\
+         delayed         {}\n\
          running         {}\n\
          fulfilled       {}\n\
+         failed          {}\n\
+         cancelled       {}\n\
+         expired         {}\n\
          notifications   {}\n\
          quarantined     {}\n\
          oldest pending  {oldest}",
-        c.pending, c.running, c.fulfilled, c.notifications, c.quarantined
+        c.pending,
+        c.delayed,
+        c.running,
+        c.fulfilled,
+        c.failed,
+        c.cancelled,
+        c.expired,
+        c.notifications,
+        c.quarantined
     ))
 }
 
