@@ -39,11 +39,13 @@
 
 #![warn(missing_docs)]
 
+mod allocation;
 mod atomic;
 mod error;
 mod fault;
 mod id;
 mod index;
+mod instance;
 mod job;
 mod layout;
 mod lease;
@@ -53,9 +55,11 @@ mod store;
 mod watch;
 mod work;
 
+pub use allocation::{Allocation, AllocationRule, Choice, HashRule, JobKey};
 pub use atomic::Durability;
 pub use error::{Error, Result};
 pub use id::JobId;
+pub use instance::{InstanceId, InstanceInfo, Liveness, Presence, Removal};
 pub use job::{Counts, CreateOptions, JobInfo, JobState, JobSummary};
 pub use layout::FORMAT_VERSION;
 pub use lease::CompromiseReason;
