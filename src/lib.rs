@@ -34,6 +34,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Jobs can also be allocated, sticky, to named worker instances (after the Node package
+//! atributo): [`Store::available`], [`Store::unavailable`], [`Store::instances`],
+//! [`Store::join`], [`Store::allocate`], [`Store::deallocate`], [`Store::jobs`],
+//! [`Store::has_jobs`] and [`Store::instance`].
+//!
 //! The on-disk protocol is specified in `docs/FORMAT.md`; the design and its reasons in
 //! `docs/DESIGN.md`.
 
