@@ -548,6 +548,7 @@ impl Store {
 /// A process's presence as an instance, from [`Store::join`]: a thread heartbeats its presence
 /// file until this is dropped (or [`leave`](Presence::leave) is called), which removes the
 /// file. Leaving changes neither the instance's availability nor its allocations.
+#[must_use = "the process runs as the instance only while the Presence is kept"]
 pub struct Presence {
     id: InstanceId,
     shared: Arc<PresenceShared>,

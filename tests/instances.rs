@@ -160,6 +160,19 @@ fn helper() {
                 say!("job{k} {} {} {}", a.instance, a.persisted, a.existing);
             }
         }
+        // Allocates every key with the default rule; says `started` after the first 20.
+        "allocator" => {
+            let keys: usize = std::env::var("JOBDIR_TEST_KEYS").unwrap().parse().unwrap();
+            for k in 0..keys {
+                match store.allocate(&key(&format!("job{k}"))) {
+                    Ok(_) | Err(Error::NoInstance(_)) => {}
+                    Err(e) => panic!("allocate job{k}: {e}"),
+                }
+                if k == 20 {
+                    say!("started");
+                }
+            }
+        }
         // Joins as an instance and stays until stdin closes (or it is killed).
         "joiner" => {
             let me = iid(&std::env::var("JOBDIR_TEST_INSTANCE").unwrap());
@@ -442,6 +455,87 @@ fn concurrent_allocations_agree_and_persist_once() {
     }
     assert_eq!(listed, KEYS);
     assert_eq!(entries, KEYS, "losers must take their index entries back");
+    assert!(
+        fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+/// The keys whose allocation file names `instance`.
+fn allocated_to(dir: &Path, instance: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let Ok(shards) = fs::read_dir(dir.join("allocations")) else {
+        return out;
+    };
+    for shard in shards {
+        for f in fs::read_dir(shard.unwrap().path()).unwrap() {
+            let f = f.unwrap();
+            let v: Value = serde_json::from_slice(&fs::read(f.path()).unwrap()).unwrap();
+            if v["instance"] == instance {
+                out.insert(f.file_name().into_string().unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Instances withdrawn while three processes allocate: once `unavailable` returns, no new
+/// allocation to the instance survives; one removed with `Removal::Now` keeps no allocation;
+/// and the index is left exactly consistent with the allocation files.
+#[test]
+fn withdrawing_instances_while_processes_allocate() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 30_000);
+    for name in ["a", "b", "x", "y"] {
+        store.available(&iid(name)).unwrap();
+    }
+    let env = [("JOBDIR_TEST_KEYS", "300".to_string())];
+    let procs: Vec<Helper> = (0..3)
+        .map(|_| spawn("allocator", dir.path(), &env))
+        .collect();
+    for p in &procs {
+        assert_eq!(p.line(), "started");
+    }
+    store.unavailable(&iid("x"), Removal::Keep).unwrap();
+    let before = allocated_to(dir.path(), "x");
+    store.unavailable(&iid("y"), Removal::Now).unwrap();
+    assert!(allocated_to(dir.path(), "y").is_empty());
+    for p in procs {
+        p.finish();
+    }
+    let after = allocated_to(dir.path(), "x");
+    assert!(
+        after.is_subset(&before),
+        "allocated to x after it was made unavailable: {:?}",
+        after.difference(&before).collect::<Vec<_>>()
+    );
+    assert!(allocated_to(dir.path(), "y").is_empty(), "y was removed");
+    let names: Vec<String> = store
+        .instances()
+        .unwrap()
+        .iter()
+        .map(|i| i.id.to_string())
+        .collect();
+    assert_eq!(names, ["a", "b", "x"]);
+    // The index agrees with the files (keys of y were deallocated with it).
+    for n in ["a", "b", "x"] {
+        let listed: BTreeSet<String> = store
+            .jobs(&iid(n))
+            .unwrap()
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(listed, allocated_to(dir.path(), n), "{n}");
+    }
+    let report = recover_now(&store);
+    assert!(report.quarantined.is_empty(), "{report:#?}");
+    assert_eq!(
+        (report.entries_added, report.entries_removed),
+        (0, 0),
+        "{report:#?}"
+    );
     assert!(
         fs::read_dir(dir.path().join("tmp"))
             .unwrap()
