@@ -553,6 +553,15 @@ impl Store {
                 });
             match written {
                 Ok(()) => {}
+                // NFS without a reply cache can report EEXIST for a link that succeeded: the
+                // file holding this call's nonce is this call's own allocation.
+                Err(e)
+                    if e.is_io_kind(io::ErrorKind::AlreadyExists)
+                        && inner
+                            .read_allocation(job)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|r| r.nonce == nonce) => {}
                 Err(e) => {
                     let _ = inner.remove_entry(&choice.instance, job, &nonce);
                     if e.is_io_kind(io::ErrorKind::AlreadyExists) {
