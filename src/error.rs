@@ -6,7 +6,9 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::allocation::JobKey;
 use crate::id::JobId;
+use crate::instance::InstanceId;
 
 /// Everything that can go wrong in a [`Store`](crate::Store) operation.
 ///
@@ -117,6 +119,24 @@ pub enum Error {
         /// What could not be done.
         what: &'static str,
     },
+    /// The text is not a valid instance name or job key (rejected before any path is built):
+    /// 1 to 128 characters of `A-Z a-z 0-9 . _ -`, the first a letter or a digit.
+    #[error(
+        "invalid {what} {text:?}: expected 1 to 128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+    )]
+    InvalidName {
+        /// What the text was meant to be (`"instance name"`, `"job key"`).
+        what: &'static str,
+        /// The text (at most its first 160 characters).
+        text: String,
+    },
+    /// No available instance would take a new allocation of this job (none is available, or
+    /// the allocation rule chose none).
+    #[error("no available instance for job {0}")]
+    NoInstance(JobKey),
+    /// Another live process already runs as this instance ([`Store::join`](crate::Store::join)).
+    #[error("instance {0} is already joined by a live process")]
+    InstanceInUse(InstanceId),
 }
 
 /// Shorthand for results whose error is [`Error`].

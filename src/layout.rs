@@ -18,7 +18,14 @@
 //! DIR/notify/<class>/<bucket>/<id>[.<n>]  notification index: fulfilled jobs with targets
 //! DIR/leases/<w|n>.<id>.<epoch>           lease files: flock, heartbeat mtime, owner JSON
 //! DIR/quarantine/<ms>-<rand>/             a corrupt or foreign item and its reason.json
+//! DIR/instances/<name>/instance.json       an instance: availability (made on first use)
+//! DIR/instances/<name>/presence            its presence while a process runs as it: flock,
+//!                                          heartbeat mtime, owner JSON
+//! DIR/instances/<name>/jobs/<key>.<nonce>  index of its allocations (empty files)
+//! DIR/allocations/<xx>/<key>               a sticky allocation of a job key to an instance
 //! ```
+//!
+//! Instance names and job keys are validated ([`is_valid_name`]) before any path is built.
 
 use std::path::{Path, PathBuf};
 
@@ -30,8 +37,9 @@ pub const FORMAT_VERSION: u64 = 1;
 /// The marker file's name.
 pub(crate) const MARKER: &str = "jobdir.json";
 
-/// Every name that belongs at the top of a store directory.
-pub(crate) const TOP_LEVEL: [&str; 8] = [
+/// Every name that belongs at the top of a store directory. `instances` and `allocations` are
+/// made on first use, not at open (stores made before them keep working, read-only too).
+pub(crate) const TOP_LEVEL: [&str; 10] = [
     MARKER,
     "tmp",
     "jobs",
@@ -40,7 +48,12 @@ pub(crate) const TOP_LEVEL: [&str; 8] = [
     "leases",
     "quarantine",
     "delayed",
+    "instances",
+    "allocations",
 ];
+
+/// Longest instance name or job key, in bytes.
+pub(crate) const MAX_NAME: usize = 128;
 
 /// Width of epoch numbers in claim directory names (zero-padded decimal, so names sort).
 const EPOCH_WIDTH: usize = 10;
@@ -92,6 +105,8 @@ pub(crate) struct Layout {
     pub leases: PathBuf,
     pub quarantine: PathBuf,
     pub delayed: PathBuf,
+    pub instances: PathBuf,
+    pub allocations: PathBuf,
 }
 
 impl Layout {
@@ -105,6 +120,8 @@ impl Layout {
             leases: root.join("leases"),
             quarantine: root.join("quarantine"),
             delayed: root.join("delayed"),
+            instances: root.join("instances"),
+            allocations: root.join("allocations"),
         }
     }
 
@@ -172,6 +189,68 @@ impl Layout {
     pub(crate) fn lease_file(&self, kind: LeaseKind, id: &JobId, epoch: u64) -> PathBuf {
         self.leases.join(lease_name(kind, id, epoch))
     }
+
+    /// `instances/<name>/`; `name` is a validated instance name.
+    pub(crate) fn instance_dir(&self, name: &str) -> PathBuf {
+        self.instances.join(name)
+    }
+
+    pub(crate) fn instance_record(&self, name: &str) -> PathBuf {
+        self.instance_dir(name).join("instance.json")
+    }
+
+    pub(crate) fn presence(&self, name: &str) -> PathBuf {
+        self.instance_dir(name).join("presence")
+    }
+
+    pub(crate) fn instance_jobs(&self, name: &str) -> PathBuf {
+        self.instance_dir(name).join("jobs")
+    }
+
+    /// `allocations/<xx>/`: the shard of a validated job key.
+    pub(crate) fn allocation_shard(&self, key: &str) -> PathBuf {
+        self.allocations.join(allocation_shard(key))
+    }
+
+    /// `allocations/<xx>/<key>`.
+    pub(crate) fn allocation_file(&self, key: &str) -> PathBuf {
+        self.allocation_shard(key).join(key)
+    }
+}
+
+/// True for a valid instance name or job key: 1 to 128 bytes of `A-Z a-z 0-9 . _ -`, the first
+/// a letter or a digit (so never `.`, `..`, a hidden or `.nfs*` name, nor an option). A
+/// [`JobId`]'s text is one.
+pub(crate) fn is_valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_NAME
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// The allocation shard of a job key: the first byte of SHA-256 of its text, as two lowercase
+/// hex digits.
+pub(crate) fn allocation_shard(key: &str) -> String {
+    use sha2::Digest;
+    format!("{:02x}", sha2::Sha256::digest(key.as_bytes())[0])
+}
+
+/// An allocation index entry name `<key>.<nonce>` (nonce: 8 lowercase hex digits).
+pub(crate) fn allocation_entry(key: &str, nonce: &str) -> String {
+    format!("{key}.{nonce}")
+}
+
+/// Parses an allocation index entry name into (key, nonce).
+pub(crate) fn parse_allocation_entry(name: &str) -> Option<(&str, &str)> {
+    let (key, nonce) = name.rsplit_once('.')?;
+    (is_valid_name(key) && is_nonce(nonce)).then_some((key, nonce))
+}
+
+/// Eight lowercase hex digits.
+pub(crate) fn is_nonce(s: &str) -> bool {
+    s.len() == 8 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Zero-padded decimal epoch name.
@@ -275,6 +354,38 @@ mod tests {
         };
         classes.reverse();
         assert_eq!(classes, sorted);
+    }
+
+    #[test]
+    fn names_are_checked_before_any_path_is_built() {
+        for good in ["instance0", "job0", "a", "A.b_c-9", &"x".repeat(128)] {
+            assert!(is_valid_name(good), "{good:?}");
+        }
+        let id = JobId::generate().to_string();
+        assert!(is_valid_name(&id));
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".nfs0001",
+            "-rf",
+            "_x",
+            "a/b",
+            "../x",
+            "a b",
+            "a\0b",
+            "é",
+            &"x".repeat(129),
+        ] {
+            assert!(!is_valid_name(bad), "{bad:?}");
+        }
+        assert_eq!(
+            parse_allocation_entry("job.0.9f3c0a12"),
+            Some(("job.0", "9f3c0a12"))
+        );
+        assert_eq!(parse_allocation_entry("job0.9F3C0A12"), None);
+        assert_eq!(parse_allocation_entry("job0"), None);
+        assert_eq!(allocation_shard("job0").len(), 2);
     }
 
     #[test]

@@ -510,7 +510,7 @@ pub(crate) struct Judged {
 
 impl Judged {
     /// Removes the judged lease file, if the name still points to the judged inode.
-    fn remove(&self, path: &Path) -> Result<bool> {
+    pub(crate) fn remove(&self, path: &Path) -> Result<bool> {
         match fs::symlink_metadata(path) {
             Ok(m) if m.ino() == self.ino => remove_file_if_exists(path),
             Ok(_) => Ok(false),
@@ -529,19 +529,44 @@ pub(crate) struct Observations {
 
 /// Judges whether the holder of a lease file is alive.
 pub(crate) fn judge(inner: &Inner, path: &Path) -> Result<Verdict> {
+    judge_file(
+        path,
+        &inner.opts.host_id,
+        inner.opts.lease,
+        &inner.observations,
+    )
+}
+
+/// What an observer reads from a heartbeated file's owner record (lease files and instance
+/// presence files both carry these fields, among others).
+#[derive(Deserialize)]
+struct Owner {
+    host: String,
+    lease_ms: u64,
+}
+
+/// Judges the holder of any heartbeated, flocked file (§5 of FORMAT.md): `host` is this
+/// observer's host id, `default_lease` the lease used when the file has no readable record,
+/// and `observations` the table of (mtime, inode, first seen) this observer keeps for it.
+pub(crate) fn judge_file(
+    path: &Path,
+    host: &str,
+    default_lease: Duration,
+    observations: &Mutex<Observations>,
+) -> Result<Verdict> {
     let mut f = match crate::atomic::open_regular(path, false) {
         Ok(f) => f,
         Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => return Ok(Verdict::Missing),
         Err(e) => return Err(e),
     };
     let mut buf = Vec::new();
-    let meta: Option<LeaseMeta> = match (&mut f).take(64 * 1024).read_to_end(&mut buf) {
+    let meta: Option<Owner> = match (&mut f).take(64 * 1024).read_to_end(&mut buf) {
         Ok(_) => serde_json::from_slice(&buf).ok(),
         Err(_) => None,
     };
     let st = f.metadata().ctx("stat lease file", path)?;
     if let Some(m) = &meta
-        && m.host == inner.opts.host_id
+        && m.host == host
         && f.try_lock().is_ok()
     {
         // The lock proves death only for the file the name still points to: a holder that
@@ -558,8 +583,8 @@ pub(crate) fn judge(inner: &Inner, path: &Path) -> Result<Verdict> {
     let mtime = st.modified().ctx("stat lease file", path)?;
     let lease = meta
         .map(|m| Duration::from_millis(m.lease_ms))
-        .unwrap_or(inner.opts.lease);
-    let mut obs = lock(&inner.observations);
+        .unwrap_or(default_lease);
+    let mut obs = lock(observations);
     let now = Instant::now();
     match obs.seen.get(path) {
         Some(&(m, ino, since)) if m == mtime && ino == st.ino() => {

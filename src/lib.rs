@@ -34,17 +34,24 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Jobs can also be allocated, sticky, to named worker instances (after the Node package
+//! atributo): [`Store::available`], [`Store::unavailable`], [`Store::instances`],
+//! [`Store::join`], [`Store::allocate`], [`Store::deallocate`], [`Store::jobs`],
+//! [`Store::has_jobs`] and [`Store::instance`].
+//!
 //! The on-disk protocol is specified in `docs/FORMAT.md`; the design and its reasons in
 //! `docs/DESIGN.md`.
 
 #![warn(missing_docs)]
 
+mod allocation;
 mod atomic;
 mod delayed;
 mod error;
 mod fault;
 mod id;
 mod index;
+mod instance;
 mod job;
 mod layout;
 mod lease;
@@ -56,9 +63,11 @@ mod store;
 mod watch;
 mod work;
 
+pub use allocation::{Allocation, AllocationRule, Choice, HashRule, JobKey};
 pub use atomic::Durability;
 pub use error::{Error, Result};
 pub use id::JobId;
+pub use instance::{InstanceId, InstanceInfo, Liveness, Presence, Removal};
 pub use job::{AttemptError, Counts, CreateOptions, JobInfo, JobState, JobSummary};
 pub use layout::FORMAT_VERSION;
 pub use lease::CompromiseReason;

@@ -92,6 +92,8 @@ pub struct RecoveryReport {
     pub entries_removed: u64,
     /// Items moved to quarantine.
     pub quarantined: Vec<Quarantined>,
+    /// Instances removed because they were marked to go once idle and had no allocations left.
+    pub instances_removed: u64,
 }
 
 impl Store {
@@ -136,13 +138,20 @@ impl Store {
         let notified = sweep_index(inner, true, &mut report)?;
         sweep_jobs(self, &notified, &mut report)?;
         sweep_index(inner, false, &mut report)?;
+        crate::allocation::recover(inner, opts.temp_grace, &mut report)?;
         // Entries this process skipped as busy or bad may be pullable now.
         inner.refresh_frontiers();
         Ok(report)
     }
 }
 
-fn push_q(inner: &Inner, report: &mut RecoveryReport, path: &Path, reason: &str) -> Result<()> {
+/// Quarantines `path` and records it in the report.
+pub(crate) fn push_q(
+    inner: &Inner,
+    report: &mut RecoveryReport,
+    path: &Path,
+    reason: &str,
+) -> Result<()> {
     let now_at = quarantine(inner, path, reason)?;
     report.quarantined.push(Quarantined {
         path: path

@@ -203,6 +203,9 @@ pub(crate) struct Inner {
     work_frontier: Mutex<FrontierState>,
     notify_frontier: Mutex<FrontierState>,
     pub observations: Mutex<Observations>,
+    /// Heartbeat observations of instance presence files (kept apart: the lease scan prunes
+    /// its table to the files in `leases/`).
+    pub instance_observations: Mutex<Observations>,
     pub keeper: Keeper,
     /// Shards found not to be real directories at open (see `init_layout`).
     pub bad_shards: Mutex<HashSet<String>>,
@@ -636,6 +639,7 @@ impl Store {
                 last_refresh: now,
             }),
             observations: Mutex::new(Observations::default()),
+            instance_observations: Mutex::new(Observations::default()),
             bad_shards: Mutex::new(bad_shards),
             keeper: Keeper::default(),
         };

@@ -404,7 +404,7 @@ fn corrupt(ctx: &mut Ctx, what: u8, mut r: Reader<'_>, flags: u8) -> Option<fs::
         }
         // A top-level name.
         _ => {
-            const KNOWN: [&str; 7] = [
+            const KNOWN: [&str; 9] = [
                 "jobdir.json",
                 "tmp",
                 "jobs",
@@ -412,6 +412,8 @@ fn corrupt(ctx: &mut Ctx, what: u8, mut r: Reader<'_>, flags: u8) -> Option<fs::
                 "notify",
                 "leases",
                 "quarantine",
+                "instances",
+                "allocations",
             ];
             let pick = r.byte();
             let kind = r.byte();

@@ -64,6 +64,13 @@ impl Program {
     pub fn name(&self) -> String {
         self.argv0.to_string_lossy().into_owned()
     }
+
+    /// A command that runs the program with its arguments (stdio inherited).
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg0(&self.argv0).args(&self.args);
+        cmd
+    }
 }
 
 fn is_executable_file(p: &Path) -> bool {

@@ -8,6 +8,7 @@
 mod args;
 mod child;
 mod demo;
+mod instances;
 mod jobs;
 mod log;
 mod notify;
@@ -51,7 +52,7 @@ const DEFAULT_DIR: &str = ".jobdir";
         several hosts sharing a filesystem, can create jobs, run workers and deliver results, and \
         carry on after any of them crashes.\n\n\
         Start with `jobdir demo`. Exit status: 0 success, 1 failure, 2 bad usage or input, \
-        3 no such job, 4 job not fulfilled yet (`result`), 5 job finished without a result (failed, cancelled, expired: `result`, `wait`), 124 timeout.",
+        3 no such job (or allocation), 4 job not fulfilled yet (`result`), 5 job finished without a result (failed, cancelled, expired: `result`, `wait`), 124 timeout.",
     after_help = "The store is created on first use. Logs go to stderr (-v, -vv, or RUST_LOG)."
 )]
 struct Cli {
@@ -150,6 +151,23 @@ enum Command {
     /// A worker process of `jobdir demo` (internal)
     #[command(hide = true)]
     DemoWorker(demo::WorkerArgs),
+    /// Instances that jobs are allocated to: available, unavailable, ls, jobs, join
+    #[command(subcommand)]
+    Instance(instances::InstanceCommand),
+    /// Print the instance a job is allocated to, allocating it first if needed
+    #[command(
+        long_about = "Print `INSTANCE persisted` (allocated now), `INSTANCE existing` (allocated \
+            before, kept even if the instance is unavailable) or `INSTANCE not-persisted` (with \
+            --only-for another instance). A new allocation goes to an available instance chosen \
+            by atributo's rule: MD5 of the job key, its first 4 bytes as a big-endian integer, \
+            modulo the number of available instances sorted by name. Processes allocating the \
+            same job at once agree. Exits 1 if no instance is available."
+    )]
+    Allocate(instances::AllocateArgs),
+    /// Remove a job's allocation (exit 3 if it has none)
+    Deallocate(instances::JobArg),
+    /// Print the instance a job is allocated to (exit 3 if none); allocates nothing
+    Allocation(instances::JobArg),
 }
 
 /// A failure with a chosen exit status; its message is the whole `error:` line.
@@ -238,6 +256,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
         if let Some(err) = cause.downcast_ref::<Error>() {
             return match err {
                 Error::InvalidId(_)
+                | Error::InvalidName { .. }
                 | Error::InvalidOption(_)
                 | Error::TooLarge { .. }
                 | Error::Encode { .. } => EXIT_USAGE,
@@ -273,6 +292,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Recover(a) => status::recover(&dir, a),
         Command::Demo(a) => demo::run(explicit.then_some(dir.as_path()), a),
         Command::DemoWorker(a) => demo::worker(&dir, a),
+        Command::Instance(c) => instances::instance(&dir, c),
+        Command::Allocate(a) => instances::allocate(&dir, a),
+        Command::Deallocate(a) => instances::deallocate(&dir, a),
+        Command::Allocation(a) => instances::allocation(&dir, a),
     }
 }
 

@@ -171,6 +171,7 @@ pub fn recover(dir: &Path, a: RecoverArgs) -> anyhow::Result<()> {
     writeln!(out, "temporary files removed  {}", report.temp_removed)?;
     writeln!(out, "index entries added      {}", report.entries_added)?;
     writeln!(out, "index entries removed    {}", report.entries_removed)?;
+    writeln!(out, "instances removed        {}", report.instances_removed)?;
     writeln!(out, "quarantined              {}", q.len())?;
     for item in q {
         writeln!(
