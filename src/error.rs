@@ -93,6 +93,17 @@ pub enum Error {
     /// An option was given a value the store cannot use.
     #[error("invalid option: {0}")]
     InvalidOption(String),
+    /// A lookup table name or key that the store does not accept (rejected before any path is
+    /// built).
+    #[error("invalid {what} {name:?}: {reason}")]
+    InvalidName {
+        /// What was named (`"lookup table name"`, `"lookup key"`).
+        what: &'static str,
+        /// The name as given (at most 80 characters of it).
+        name: String,
+        /// What a valid one looks like.
+        reason: &'static str,
+    },
 }
 
 /// Shorthand for results whose error is [`Error`].

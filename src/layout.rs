@@ -1,7 +1,10 @@
 //! Where everything lives in the store directory, and the format marker.
 //!
 //! Invariant kept here: every path the store touches is built by this module from a validated
-//! [`JobId`], a number, or a fixed name; no path is ever built from caller text.
+//! [`JobId`], a number, or a fixed name; no path is ever built from caller text. (Lookup tables
+//! and control messages build their own paths below [`LOOKUPS`] and [`CONTROL`], in `lookup` and
+//! `control`, from a table name checked against a strict alphabet, a SHA-256 hex digest or a
+//! UUID.)
 //!
 //! ```text
 //! DIR/jobdir.json                         format marker {"format":"jobdir","version":1}
@@ -15,6 +18,8 @@
 //! DIR/notify/<class>/<bucket>/<id>[.<n>]  notification index: fulfilled jobs with targets
 //! DIR/leases/<w|n>.<id>.<epoch>           lease files: flock, heartbeat mtime, owner JSON
 //! DIR/quarantine/<ms>-<rand>/             a corrupt or foreign item and its reason.json
+//! DIR/lookups/<table>/<sha256>.json       one lookup entry (key, value) per file; made on first use
+//! DIR/control/<uuid v7>.json              one broadcast control message per file; made on first use
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -28,7 +33,7 @@ pub const FORMAT_VERSION: u64 = 1;
 pub(crate) const MARKER: &str = "jobdir.json";
 
 /// Every name that belongs at the top of a store directory.
-pub(crate) const TOP_LEVEL: [&str; 7] = [
+pub(crate) const TOP_LEVEL: [&str; 9] = [
     MARKER,
     "tmp",
     "jobs",
@@ -36,7 +41,16 @@ pub(crate) const TOP_LEVEL: [&str; 7] = [
     "notify",
     "leases",
     "quarantine",
+    // Optional, made on first use (FORMAT.md §10, §11).
+    LOOKUPS,
+    CONTROL,
 ];
+
+/// The directory of lookup tables (optional: made by the first `lookup_set`).
+pub(crate) const LOOKUPS: &str = "lookups";
+
+/// The directory of broadcast control messages (optional: made by the first `broadcast`).
+pub(crate) const CONTROL: &str = "control";
 
 /// Width of epoch numbers in claim directory names (zero-padded decimal, so names sort).
 const EPOCH_WIDTH: usize = 10;

@@ -40,6 +40,7 @@
 #![warn(missing_docs)]
 
 mod atomic;
+mod control;
 mod error;
 mod fault;
 mod id;
@@ -47,6 +48,7 @@ mod index;
 mod job;
 mod layout;
 mod lease;
+mod lookup;
 mod notification;
 mod recover;
 mod store;
@@ -54,6 +56,7 @@ mod watch;
 mod work;
 
 pub use atomic::Durability;
+pub use control::{CONTROL_TTL, Control, ControlListener, ControlMessage};
 pub use error::{Error, Result};
 pub use id::JobId;
 pub use job::{Counts, CreateOptions, JobInfo, JobState, JobSummary};

@@ -92,6 +92,8 @@ pub struct RecoveryReport {
     pub entries_removed: u64,
     /// Items moved to quarantine.
     pub quarantined: Vec<Quarantined>,
+    /// Control messages older than [`CONTROL_TTL`](crate::CONTROL_TTL) removed.
+    pub control_pruned: u64,
 }
 
 impl Store {
@@ -136,6 +138,12 @@ impl Store {
         let notified = sweep_index(inner, true, &mut report)?;
         sweep_jobs(self, &notified, &mut report)?;
         sweep_index(inner, false, &mut report)?;
+        // Lookup tables and control messages (FORMAT.md §10, §11).
+        let (pruned, foreign) = crate::control::recover(self)?;
+        report.control_pruned = pruned;
+        for (path, reason) in foreign.into_iter().chain(crate::lookup::foreign(inner)?) {
+            push_q(inner, &mut report, &path, &reason)?;
+        }
         // Entries this process skipped as busy or bad may be pullable now.
         inner.refresh_frontiers();
         Ok(report)
