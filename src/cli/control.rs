@@ -39,24 +39,42 @@ pub struct WorkerControl {
     drain_said: AtomicBool,
     gate: Mutex<()>,
     resumed: Condvar,
-    /// The file passed to PROGRAM as JOBDIR_CONTROL (removed when the worker exits).
-    channel: Mutex<NamedTempFile>,
+    /// The file PROGRAM finds in JOBDIR_CONTROL (removed when the worker exits); `None` if it
+    /// could not be made (JOBDIR_CONTROL is then /dev/null).
+    channel: Mutex<Option<NamedTempFile>>,
     channel_path: std::path::PathBuf,
 }
 
 impl WorkerControl {
     /// Starts listening on the store (before any job is pulled), learns whether the store is
-    /// paused, makes the `JOBDIR_CONTROL` file, and lets SIGUSR1 mean `drain`.
-    pub fn start(store: &Store) -> anyhow::Result<(WorkerControl, ControlListener)> {
-        let listener = store.listen_control()?;
+    /// paused, makes the `JOBDIR_CONTROL` file, and lets SIGUSR1 mean `drain`. A `control/`
+    /// that cannot be read (a planted symlink, say) or a full `$TMPDIR` costs the control
+    /// messages, with a warning, never the work.
+    pub fn start(store: &Store) -> anyhow::Result<(WorkerControl, Option<ControlListener>)> {
+        let listener = match store.listen_control() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!("control messages are not available: {e}");
+                None
+            }
+        };
         let draining = Arc::new(AtomicBool::new(false));
         signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&draining))?;
-        let channel = tempfile::Builder::new()
+        let channel = match tempfile::Builder::new()
             .prefix("jobdir-control.")
             .suffix(".jsonl")
-            .tempfile()?;
-        let channel_path = channel.path().to_path_buf();
-        let paused = listener.paused();
+            .tempfile()
+        {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!("cannot make the JOBDIR_CONTROL file ({e}); it is /dev/null");
+                None
+            }
+        };
+        let channel_path = channel
+            .as_ref()
+            .map_or_else(|| "/dev/null".into(), |f| f.path().to_path_buf());
+        let paused = listener.as_ref().is_some_and(ControlListener::paused);
         if paused {
             log::line("work: paused by an earlier broadcast; waiting for resume");
         }
@@ -101,7 +119,10 @@ impl WorkerControl {
     }
 
     /// The listener thread: applies messages until [`stop`](Self::stop).
-    pub fn listen(&self, mut listener: ControlListener) {
+    pub fn listen(&self, listener: Option<ControlListener>) {
+        let Some(mut listener) = listener else {
+            return;
+        };
         let mut last_error = String::new();
         while !self.stop.load(Ordering::SeqCst) {
             match listener.next_timeout(LISTEN_SLICE) {
@@ -157,6 +178,9 @@ impl WorkerControl {
         let mut line = m.to_json_line();
         line.push('\n');
         let mut f = self.channel.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(f) = f.as_mut() else {
+            return;
+        };
         if let Err(e) = f.as_file_mut().write_all(line.as_bytes()) {
             tracing::warn!("cannot write {}: {e}", self.channel_path.display());
         }

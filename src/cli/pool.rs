@@ -320,7 +320,11 @@ fn signal(child: &Child, sig: libc::c_int) {
 pub fn run(dir: &Path, verbose: u8, a: PoolArgs) -> anyhow::Result<()> {
     Program::resolve(&a.run.program)?;
     let store = open(dir)?;
-    let mut listener = store.listen_control()?;
+    // A `control/` that cannot be read costs the drain message (with a warning), not the pool.
+    let listener = store
+        .listen_control()
+        .map_err(|e| tracing::warn!("control messages are not available: {e}"))
+        .ok();
     let shutdown = Shutdown::register(a.run.grace)?;
     let n = a.workers.unwrap_or_else(default_workers) as usize;
     let live = a.progress || io::stderr().is_terminal();
@@ -335,6 +339,10 @@ pub fn run(dir: &Path, verbose: u8, a: PoolArgs) -> anyhow::Result<()> {
     let listening = {
         let (tx, stop) = (tx.clone(), Arc::clone(&stop_listening));
         thread::spawn(move || {
+            let Some(mut listener) = listener else {
+                return;
+            };
+            let mut last_error = String::new();
             while !stop.load(Ordering::SeqCst) {
                 match listener.next_timeout(Duration::from_millis(200)) {
                     Ok(Some(m)) if m.message == Control::Drain => {
@@ -342,7 +350,11 @@ pub fn run(dir: &Path, verbose: u8, a: PoolArgs) -> anyhow::Result<()> {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!("cannot read control messages (will retry): {e}");
+                        let text = e.to_string();
+                        if text != last_error {
+                            tracing::warn!("cannot read control messages (will retry): {text}");
+                            last_error = text;
+                        }
                         thread::sleep(Duration::from_secs(1));
                     }
                 }
