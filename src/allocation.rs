@@ -77,6 +77,7 @@ impl JobKey {
             Err(Error::InvalidName {
                 what: "job key",
                 text: key.chars().take(MAX_NAME + 32).collect(),
+                reason: crate::instance::NAME_RULE,
             })
         }
     }

@@ -119,16 +119,16 @@ pub enum Error {
         /// What could not be done.
         what: &'static str,
     },
-    /// The text is not a valid instance name or job key (rejected before any path is built):
-    /// 1 to 128 characters of `A-Z a-z 0-9 . _ -`, the first a letter or a digit.
-    #[error(
-        "invalid {what} {text:?}: expected 1 to 128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"
-    )]
+    /// A name the store does not accept (an instance name, a job key, a lookup table name or
+    /// key), rejected before any path is built.
+    #[error("invalid {what} {text:?}: {reason}")]
     InvalidName {
-        /// What the text was meant to be (`"instance name"`, `"job key"`).
+        /// What the text was meant to be (`"instance name"`, `"job key"`, `"lookup key"`).
         what: &'static str,
-        /// The text (at most its first 160 characters).
+        /// The text as given (cut short if long).
         text: String,
+        /// What a valid one looks like.
+        reason: &'static str,
     },
     /// No available instance would take a new allocation of this job (none is available, or
     /// the allocation rule chose none).

@@ -33,6 +33,10 @@ use crate::layout::{MAX_NAME, is_valid_name};
 use crate::lease::{Verdict, judge_file};
 use crate::store::{Inner, Store, rand_u32};
 
+/// The rule instance names and job keys follow (also the error text when one does not).
+pub(crate) const NAME_RULE: &str =
+    "expected 1 to 128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit";
+
 /// Largest instance record or presence record read back.
 const RECORD_LIMIT: u64 = 64 * 1024;
 
@@ -65,6 +69,7 @@ impl InstanceId {
             Err(Error::InvalidName {
                 what: "instance name",
                 text: name.chars().take(MAX_NAME + 32).collect(),
+                reason: NAME_RULE,
             })
         }
     }

@@ -1,7 +1,10 @@
 //! Where everything lives in the store directory, and the format marker.
 //!
 //! Invariant kept here: every path the store touches is built by this module from a validated
-//! [`JobId`], a number, or a fixed name; no path is ever built from caller text.
+//! [`JobId`], a number, or a fixed name; no path is ever built from caller text. (Lookup tables
+//! and control messages build their own paths below [`LOOKUPS`] and [`CONTROL`], in `lookup` and
+//! `control`, from a table name checked against a strict alphabet, a SHA-256 hex digest or a
+//! UUID.)
 //!
 //! ```text
 //! DIR/jobdir.json                         format marker {"format":"jobdir","version":1}
@@ -23,6 +26,8 @@
 //!                                          heartbeat mtime, owner JSON
 //! DIR/instances/<name>/jobs/<key>.<nonce>  index of its allocations (empty files)
 //! DIR/allocations/<xx>/<key>               a sticky allocation of a job key to an instance
+//! DIR/lookups/<table>/<sha256>.json       one lookup entry (key, value) per file; made on first use
+//! DIR/control/<uuid v7>.json              one broadcast control message per file; made on first use
 //! ```
 //!
 //! Instance names and job keys are validated ([`is_valid_name`]) before any path is built.
@@ -39,7 +44,7 @@ pub(crate) const MARKER: &str = "jobdir.json";
 
 /// Every name that belongs at the top of a store directory. `instances` and `allocations` are
 /// made on first use, not at open (stores made before them keep working, read-only too).
-pub(crate) const TOP_LEVEL: [&str; 10] = [
+pub(crate) const TOP_LEVEL: [&str; 12] = [
     MARKER,
     "tmp",
     "jobs",
@@ -50,10 +55,19 @@ pub(crate) const TOP_LEVEL: [&str; 10] = [
     "delayed",
     "instances",
     "allocations",
+    // Optional, made on first use (FORMAT.md §10, §11).
+    LOOKUPS,
+    CONTROL,
 ];
 
 /// Longest instance name or job key, in bytes.
 pub(crate) const MAX_NAME: usize = 128;
+
+/// The directory of lookup tables (optional: made by the first `lookup_set`).
+pub(crate) const LOOKUPS: &str = "lookups";
+
+/// The directory of broadcast control messages (optional: made by the first `broadcast`).
+pub(crate) const CONTROL: &str = "control";
 
 /// Width of epoch numbers in claim directory names (zero-padded decimal, so names sort).
 const EPOCH_WIDTH: usize = 10;

@@ -46,6 +46,7 @@
 
 mod allocation;
 mod atomic;
+mod control;
 mod delayed;
 mod error;
 mod fault;
@@ -55,6 +56,7 @@ mod instance;
 mod job;
 mod layout;
 mod lease;
+mod lookup;
 mod notification;
 mod outcome;
 mod recover;
@@ -65,6 +67,7 @@ mod work;
 
 pub use allocation::{Allocation, AllocationRule, Choice, HashRule, JobKey};
 pub use atomic::Durability;
+pub use control::{CONTROL_TTL, Control, ControlListener, ControlMessage};
 pub use error::{Error, Result};
 pub use id::JobId;
 pub use instance::{InstanceId, InstanceInfo, Liveness, Presence, Removal};

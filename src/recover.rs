@@ -94,6 +94,8 @@ pub struct RecoveryReport {
     pub quarantined: Vec<Quarantined>,
     /// Instances removed because they were marked to go once idle and had no allocations left.
     pub instances_removed: u64,
+    /// Control messages older than [`CONTROL_TTL`](crate::CONTROL_TTL) removed.
+    pub control_pruned: u64,
 }
 
 impl Store {
@@ -139,6 +141,12 @@ impl Store {
         sweep_jobs(self, &notified, &mut report)?;
         sweep_index(inner, false, &mut report)?;
         crate::allocation::recover(inner, opts.temp_grace, &mut report)?;
+        // Lookup tables and control messages (FORMAT.md §10, §11).
+        let (pruned, foreign) = crate::control::recover(self)?;
+        report.control_pruned = pruned;
+        for (path, reason) in foreign.into_iter().chain(crate::lookup::foreign(inner)?) {
+            push_q(inner, &mut report, &path, &reason)?;
+        }
         // Entries this process skipped as busy or bad may be pullable now.
         inner.refresh_frontiers();
         Ok(report)

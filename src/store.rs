@@ -1512,7 +1512,7 @@ fn init_layout(layout: &Layout, fs: &AtomicFs) -> Result<HashSet<String>> {
 
 /// Creates `dir` if it is missing. False if something that is not a real directory (a file,
 /// or a symlink, never followed) stands in its place.
-fn ensure_real_dir(fs: &AtomicFs, dir: &Path) -> Result<bool> {
+pub(crate) fn ensure_real_dir(fs: &AtomicFs, dir: &Path) -> Result<bool> {
     match fs::symlink_metadata(dir) {
         Ok(m) => Ok(m.is_dir()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => fs.create_dir_all(dir).map(|()| true),

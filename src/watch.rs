@@ -30,6 +30,8 @@ pub(crate) enum Channel {
     Notify,
     /// A result may have appeared.
     Result,
+    /// A broadcast control message may have appeared.
+    Control,
 }
 
 /// Most events kept for a handle that does not pull; past this, they are dropped and the next
@@ -57,14 +59,14 @@ pub(crate) struct SignalState {
     pub leases_closed: Vec<PathBuf>,
     /// Something appeared in `delayed/`: the next pull re-reads its head.
     pub delayed_changed: bool,
-    seq: [u64; 3],
+    seq: [u64; 4],
 }
 
 /// Event inboxes and the condition variables blocked callers wait on.
 #[derive(Default)]
 pub(crate) struct Signals {
     state: Mutex<SignalState>,
-    conds: [Condvar; 3],
+    conds: [Condvar; 4],
 }
 
 fn idx(ch: Channel) -> usize {
@@ -72,6 +74,7 @@ fn idx(ch: Channel) -> usize {
         Channel::Work => 0,
         Channel::Notify => 1,
         Channel::Result => 2,
+        Channel::Control => 3,
     }
 }
 
@@ -100,7 +103,7 @@ impl Signals {
 
     fn wake(&self, ch: Channel) {
         match ch {
-            Channel::Result => self.conds[idx(ch)].notify_all(),
+            Channel::Result | Channel::Control => self.conds[idx(ch)].notify_all(),
             _ => self.conds[idx(ch)].notify_one(),
         }
     }
@@ -130,11 +133,21 @@ impl Signals {
         let mut st = self.lock();
         st.work.rescan = true;
         st.notify.rescan = true;
-        for ch in [Channel::Work, Channel::Notify, Channel::Result] {
+        for ch in [
+            Channel::Work,
+            Channel::Notify,
+            Channel::Result,
+            Channel::Control,
+        ] {
             Self::bump_locked(&mut st, ch);
         }
         drop(st);
-        for ch in [Channel::Work, Channel::Notify, Channel::Result] {
+        for ch in [
+            Channel::Work,
+            Channel::Notify,
+            Channel::Result,
+            Channel::Control,
+        ] {
             self.conds[idx(ch)].notify_all();
         }
     }
@@ -143,6 +156,16 @@ impl Signals {
         let appeared = matches!(kind, Seen::Appeared | Seen::DirCreated);
         let dir_created = kind == Seen::DirCreated;
         let dir_removed = kind == Seen::DirGone;
+        let control = layout.root.join(crate::layout::CONTROL);
+        if path.starts_with(&control) {
+            if appeared {
+                self.bump(Channel::Control);
+            }
+            return;
+        }
+        if path.parent() == Some(layout.root.as_path()) {
+            return; // the root is watched only to see `control/` appear
+        }
         if path.starts_with(&layout.delayed) {
             if appeared {
                 let mut st = self.lock();
@@ -255,7 +278,9 @@ impl Seen {
 /// already unlinked: a holder ends its lease by unlinking its lease file *before* closing it,
 /// so only a holder that died (its file still linked) produces a close event.
 fn mask_for(layout: &Layout, dir: &Path) -> WatchMask {
-    if dir == layout.leases {
+    if dir == layout.root {
+        WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::ONLYDIR
+    } else if dir == layout.leases {
         WatchMask::CLOSE_WRITE | WatchMask::EXCL_UNLINK | WatchMask::ONLYDIR
     } else if dir.starts_with(&layout.jobs) || dir.starts_with(&layout.delayed) {
         WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::ONLYDIR

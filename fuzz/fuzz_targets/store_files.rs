@@ -404,7 +404,7 @@ fn corrupt(ctx: &mut Ctx, what: u8, mut r: Reader<'_>, flags: u8) -> Option<fs::
         }
         // A top-level name.
         _ => {
-            const KNOWN: [&str; 9] = [
+            const KNOWN: [&str; 12] = [
                 "jobdir.json",
                 "tmp",
                 "jobs",
@@ -412,8 +412,11 @@ fn corrupt(ctx: &mut Ctx, what: u8, mut r: Reader<'_>, flags: u8) -> Option<fs::
                 "notify",
                 "leases",
                 "quarantine",
+                "delayed",
                 "instances",
                 "allocations",
+                "lookups",
+                "control",
             ];
             let pick = r.byte();
             let kind = r.byte();

@@ -55,10 +55,11 @@ pub fn suspend_bar<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Writes one line to stderr (around the progress bar, if any).
+/// Writes one line to stderr (around the progress bar, if any), after the prefix, if any.
 pub fn line(text: &str) {
+    let prefix = PREFIX.get().map_or("", String::as_str);
     suspend_bar(|| {
-        let _ = writeln!(io::stderr().lock(), "{text}");
+        let _ = writeln!(io::stderr().lock(), "{prefix}{text}");
     });
 }
 

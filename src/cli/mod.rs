@@ -7,12 +7,15 @@
 
 mod args;
 mod child;
+mod control;
 mod demo;
 mod instances;
 mod jobs;
 mod log;
+mod lookup;
 mod notify;
 mod output;
+mod pool;
 mod shutdown;
 mod status;
 mod work;
@@ -145,6 +148,18 @@ enum Command {
     /// Reclaim dead workers' leases, quarantine foreign files, remove stale temporaries
     #[command(long_about = status::RECOVER_ABOUT)]
     Recover(status::RecoverArgs),
+    /// Run N worker processes, restart crashed ones, add up their statistics
+    #[command(
+        long_about = pool::LONG_ABOUT,
+        override_usage = "jobdir pool [OPTIONS] -- <PROGRAM> [ARGS]..."
+    )]
+    Pool(pool::PoolArgs),
+    /// Shared lookup tables: set, get, ls, rm
+    #[command(long_about = lookup::LOOKUP_ABOUT)]
+    Lookup(lookup::LookupArgs),
+    /// Send pause, resume, drain or a custom JSON message to every worker
+    #[command(long_about = lookup::BROADCAST_ABOUT)]
+    Broadcast(lookup::BroadcastArgs),
     /// Show the store surviving a killed worker: jobs, worker processes, notifications
     #[command(long_about = demo::LONG_ABOUT)]
     Demo(demo::DemoArgs),
@@ -290,6 +305,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Remove(a) => jobs::remove(&dir, a),
         Command::Prune(a) => jobs::prune(&dir, a),
         Command::Recover(a) => status::recover(&dir, a),
+        Command::Pool(a) => pool::run(&dir, cli.verbose, a),
+        Command::Lookup(a) => lookup::lookup(&dir, a),
+        Command::Broadcast(a) => lookup::broadcast(&dir, a),
         Command::Demo(a) => demo::run(explicit.then_some(dir.as_path()), a),
         Command::DemoWorker(a) => demo::worker(&dir, a),
         Command::Instance(c) => instances::instance(&dir, c),

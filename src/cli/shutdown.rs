@@ -70,6 +70,11 @@ impl Shutdown {
         }
     }
 
+    /// Stops as a signal would (the supervising pool went away, say).
+    pub fn request(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+    }
+
     /// True once a signal arrived (stop pulling).
     pub fn requested(&self) -> bool {
         let yes = self.requested.load(Ordering::SeqCst);

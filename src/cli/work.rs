@@ -21,13 +21,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 use jobdir::{Error, Store, WorkLease};
 
 use super::child::{self, Outcome, Program, Stop};
+use super::control::WorkerControl;
 use super::output::human;
+use super::pool::{Reporter, WorkerStats};
 use super::shutdown::Shutdown;
 use super::{args, log};
 
 pub const LONG_ABOUT: &str = "Pull jobs and run PROGRAM once per job.\n\n\
-    PROGRAM gets the request JSON on stdin and JOBDIR_JOB_ID, JOBDIR_DIR and JOBDIR_ATTEMPT in \
-    its environment; its stderr is passed through. Exit 0: the job is fulfilled with PROGRAM's \
+    PROGRAM gets the request JSON on stdin and JOBDIR_JOB_ID, JOBDIR_DIR (and JOBDIR, the \
+    same store, so that PROGRAM can run `jobdir lookup get`), JOBDIR_ATTEMPT and \
+    JOBDIR_CONTROL in its environment; its stderr is passed through. Exit 0: the job is fulfilled with PROGRAM's \
     stdout. Any other exit, or death by a signal: the job is released back to pending (its \
     attempts count grows on the next pull). If the job's lease is lost while PROGRAM runs, \
     PROGRAM is terminated (SIGTERM, then SIGKILL 5 s later) and its output is not stored.\n\n\
@@ -36,6 +39,11 @@ pub const LONG_ABOUT: &str = "Pull jobs and run PROGRAM once per job.\n\n\
     that always fails is retried without a hot loop and without holding up the jobs behind it.\n\n\
     SIGINT or SIGTERM: stop pulling, let running programs finish for up to --grace seconds, \
     then terminate them and release their jobs; exit 0.\n\n\
+    Control messages (`jobdir broadcast`): pause stops pulling once running jobs finish, until \
+    resume (also when the pause was sent before this worker started); drain (or SIGUSR1) lets \
+    running jobs finish, then exits 0; any other JSON message is appended as one line \
+    {\"at\":..,\"id\":..,\"message\":<JSON>} to the file named by JOBDIR_CONTROL, which \
+    holds every message this worker received.\n\n\
     Shows a progress bar on a terminal, else one line per job on stderr.\n\n\
     Example: jobdir work --concurrency 4 -- sh -c 'jq .n | factor'";
 
@@ -69,6 +77,9 @@ pub struct WorkArgs {
     /// Stop after running PROGRAM this many times
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_jobs: Option<u64>,
+    /// Run as worker N of `jobdir pool` (internal): statistics on stdout, no progress bar
+    #[arg(long, value_name = "N", hide = true)]
+    pool_worker: Option<u64>,
     #[command(flatten)]
     run: args::ProgramArgs,
 }
@@ -87,6 +98,12 @@ struct Runner {
     bar: Option<ProgressBar>,
     /// Failed jobs still held, each with the moment it is to be released.
     parked: Mutex<Vec<(WorkLease, Instant)>>,
+    /// Broadcast control messages: pause, resume, drain, custom (FORMAT.md §11).
+    control: WorkerControl,
+    /// Jobs whose PROGRAM runs now.
+    running: AtomicU64,
+    /// As a `jobdir pool` worker: the statistics pipe to the pool (stdout).
+    reporter: Option<Mutex<Reporter>>,
 }
 
 pub fn run(dir: &Path, a: WorkArgs) -> anyhow::Result<()> {
@@ -96,7 +113,11 @@ pub fn run(dir: &Path, a: WorkArgs) -> anyhow::Result<()> {
         builder = builder.lease(lease);
     }
     let store = builder.open()?;
-    let bar = std::io::stderr().is_terminal().then(new_bar);
+    if let Some(n) = a.pool_worker {
+        log::set_prefix(format!("[worker {n}] "));
+    }
+    let (control, listener) = WorkerControl::start(&store)?;
+    let bar = (a.pool_worker.is_none() && std::io::stderr().is_terminal()).then(new_bar);
     log::set_bar(bar.clone());
     let runner = Runner {
         store,
@@ -110,12 +131,19 @@ pub fn run(dir: &Path, a: WorkArgs) -> anyhow::Result<()> {
         failed: AtomicU64::new(0),
         bar,
         parked: Mutex::new(Vec::new()),
+        control,
+        running: AtomicU64::new(0),
+        reporter: a.pool_worker.map(|_| Mutex::new(Reporter::default())),
     };
+    runner.report(false);
     thread::scope(|s| {
+        let control = &runner.control;
+        s.spawn(move || control.listen(listener));
         let handles: Vec<_> = (0..a.concurrency)
             .map(|_| s.spawn(|| runner.worker()))
             .collect();
         runner.supervise(&handles);
+        runner.control.stop();
     });
     runner.release_parked(true);
     if let Some(bar) = &runner.bar {
@@ -127,6 +155,7 @@ pub fn run(dir: &Path, a: WorkArgs) -> anyhow::Result<()> {
         runner.failed.load(Ordering::SeqCst),
     );
     log::line(&format!("work: {done} done, {failed} failed"));
+    runner.report(true);
     runner.shutdown.outcome()
 }
 
@@ -149,6 +178,9 @@ impl Runner {
         let mut announced = false;
         let mut last_len: Option<Instant> = None;
         while !handles.iter().all(|h| h.is_finished()) {
+            self.control
+                .announce(handles.iter().filter(|h| !h.is_finished()).count());
+            self.report(false);
             if !announced && self.shutdown.requested() {
                 announced = true;
                 log::line(&format!(
@@ -175,8 +207,12 @@ impl Runner {
     /// One worker thread: pull, run, repeat.
     fn worker(&self) {
         let mut errors = 0;
-        while !self.shutdown.stopping() {
+        while !self.shutdown.stopping() && !self.control.draining() {
             self.release_parked(false);
+            if self.control.paused() {
+                self.control.wait_while_paused(PULL_SLICE);
+                continue;
+            }
             if let Some(max) = self.max_jobs
                 && self.started.fetch_add(1, Ordering::SeqCst) >= max
             {
@@ -214,7 +250,15 @@ impl Runner {
                 let _ = lease.release();
                 return;
             }
+            if self.control.holding_back() {
+                // A pause or a drain came while pulling: give it back untouched.
+                self.give_back_slot();
+                self.release(lease);
+                continue;
+            }
+            self.running.fetch_add(1, Ordering::SeqCst);
             self.execute(lease);
+            self.running.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -283,10 +327,12 @@ impl Runner {
         };
         let id_text = id.to_string();
         let attempt = lease.attempt().to_string();
-        let env: [(&str, &OsStr); 3] = [
+        let env: [(&str, &OsStr); 5] = [
             ("JOBDIR_JOB_ID", OsStr::new(&id_text)),
             ("JOBDIR_DIR", &self.dir),
+            ("JOBDIR", &self.dir),
             ("JOBDIR_ATTEMPT", OsStr::new(&attempt)),
+            ("JOBDIR_CONTROL", self.control.channel_path().as_os_str()),
         ];
         let started = Instant::now();
         let outcome = child::run(&self.program, &env, input, || {
@@ -340,6 +386,32 @@ impl Runner {
                 self.shutdown
                     .fail(anyhow::anyhow!("cannot run {}: {e}", self.program.name()));
             }
+        }
+    }
+
+    /// As a pool worker, tells the pool this worker's counts (when they changed, every second,
+    /// and with `last` before exiting). The pool gone (EPIPE): stop as on SIGTERM.
+    fn report(&self, last: bool) {
+        let Some(reporter) = &self.reporter else {
+            return;
+        };
+        let stats = WorkerStats {
+            pid: std::process::id(),
+            done: self.done.load(Ordering::SeqCst),
+            failed: self.failed.load(Ordering::SeqCst),
+            running: self.running.load(Ordering::SeqCst),
+            paused: self.control.paused() && self.control.quiet(),
+            draining: self.control.draining(),
+        };
+        let sent = reporter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(&stats, last);
+        if let Err(e) = sent
+            && !self.shutdown.requested()
+        {
+            log::line(&format!("work: the pool is gone ({e}); stopping"));
+            self.shutdown.request();
         }
     }
 
