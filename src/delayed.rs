@@ -13,7 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::atomic::{AtomicFs, list_names, remove_file_if_exists};
+use crate::atomic::{AtomicFs, exists, list_names, remove_file_if_exists};
 use crate::error::{IoContext, Result};
 use crate::id::JobId;
 use crate::layout::{bucket, bucket_end_millis, delayed_name, parse_delayed_name};
@@ -34,6 +34,10 @@ pub(crate) fn ms_of(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// Empty bucket directories are removed only once their bucket ended this long ago (by the
+/// local clock), as in the pending index: a bucket still current may be receiving an entry.
+const EMPTY_BUCKET_GRACE_MS: u64 = 60_000;
+
 /// The `delayed/` directory.
 pub(crate) struct Delayed {
     pub root: PathBuf,
@@ -49,6 +53,13 @@ pub(crate) struct Promotion {
 }
 
 impl Delayed {
+    /// The path of an entry.
+    pub(crate) fn entry_path(&self, due_ms: u64, class: &str, id: &JobId) -> PathBuf {
+        self.root
+            .join(bucket(due_ms))
+            .join(delayed_name(due_ms, class, id))
+    }
+
     /// Adds an entry (durable in durable mode before it returns).
     pub(crate) fn add(&self, fs: &AtomicFs, due_ms: u64, class: &str, id: &JobId) -> Result<()> {
         let dir = self.root.join(bucket(due_ms));
@@ -72,7 +83,12 @@ impl Delayed {
                 Err(e) => return Err(e).ctx("create delayed entry", &path),
             }
         }
-        fs.sync_dir(&dir)
+        match fs.sync_dir(&dir) {
+            // A puller promoted the entry (its pending entry durable first) and removed the
+            // emptied bucket before this fsync: nothing is left to make durable here.
+            Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => Ok(()),
+            other => other,
+        }
     }
 
     /// Moves every entry due at `now` to the pending index (pending entry first, durable, then
@@ -91,7 +107,7 @@ impl Delayed {
             .filter_map(|b| bucket_end_millis(&b).map(|end| (end, b)))
             .collect();
         buckets.sort();
-        for (_, name) in buckets {
+        for (end, name) in buckets {
             let dir = self.root.join(&name);
             watch.ensure(&dir);
             let mut entries: Vec<(u64, String, JobId, String)> = list_names(&dir)?
@@ -108,11 +124,22 @@ impl Delayed {
                 }
                 let key = format!("{class}/{}/{id}", bucket(id.unix_millis()));
                 pending.add(fs, &key)?;
+                crate::fault::point("promote.after_pending");
                 remove_file_if_exists(&dir.join(&file))?;
+                // A failing holder (`WorkLease::fail`) adds this entry, then removes the job's
+                // pending entry, which has this very name: if that removal fell between our
+                // add (a no-op on the existing entry) and our unlink, the job would be left
+                // with neither. Put it back; `fail` checks the other way round.
+                if !exists(&pending.path(&key))? {
+                    pending.add(fs, &key)?;
+                }
                 out.keys.push(key);
             }
-            if !left {
-                // Empty now (or holding only foreign names, which recover quarantines).
+            if !left && end + EMPTY_BUCKET_GRACE_MS <= now {
+                // Empty now (or holding only foreign names, which recover quarantines), and
+                // its time long past, so no `add` is making an entry in it: an `add` with a
+                // due time in the current bucket would otherwise lose its fresh directory to
+                // this removal between its `mkdir` and its `open`, again and again.
                 if std::fs::remove_dir(&dir).is_ok() {
                     watch.forget(&dir);
                 }

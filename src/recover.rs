@@ -381,7 +381,18 @@ fn sweep_jobs(store: &Store, notified: &HashSet<JobId>, report: &mut RecoveryRep
             } else if !delayed.contains(&id) {
                 let key = pending_key(&id, rec.priority);
                 if !exists(&inner.work.path(&key))? {
-                    inner.work.add(&inner.fs, &key)?;
+                    // A job still waiting for its time (`not_before`, or the `retry_at` of its
+                    // last failed attempt) is delayed again, not made pullable early.
+                    let (attempts, _) = store.epoch_state(crate::layout::LeaseKind::Work, &id)?;
+                    match store.run_at(&id, &rec, attempts)? {
+                        Some(at) => inner.delayed.add(
+                            &inner.fs,
+                            crate::delayed::ms_of(at),
+                            &crate::layout::priority_class(rec.priority),
+                            &id,
+                        )?,
+                        None => inner.work.add(&inner.fs, &key)?,
+                    }
                     report.entries_added += 1;
                 }
             }

@@ -150,6 +150,26 @@ pub(crate) fn history(layout: &Layout, id: &JobId) -> Result<Vec<AttemptError>> 
             });
         }
     }
+    // The last attempt of a job that failed was committed as its outcome (`held/` became
+    // `result/`), and a manual retry set that outcome aside in `retries/<epoch>.<nonce>`: it
+    // is still one of the job's failed attempts.
+    for slot in list_names(&layout.retries_dir(id))? {
+        let Some(epoch) = slot.split('.').next().and_then(parse_epoch) else {
+            continue;
+        };
+        let path = layout.retries_dir(id).join(&slot).join("outcome.json");
+        if let Ok(bytes) = read_file(&path, 64 * 1024)
+            && let Ok(o) = serde_json::from_slice::<crate::outcome::OutcomeRecord>(&bytes)
+            && o.state == crate::job::JobState::Failed
+            && !out.iter().any(|e| e.attempt == epoch)
+        {
+            out.push(AttemptError {
+                attempt: epoch,
+                error: o.error,
+            });
+        }
+    }
+    out.sort_by_key(|e| e.attempt);
     Ok(out)
 }
 

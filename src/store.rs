@@ -198,6 +198,9 @@ pub(crate) struct Inner {
     /// `delayed_stale` asks the next pull to re-read the head of `delayed/`.
     next_due: Mutex<Option<u64>>,
     delayed_stale: AtomicBool,
+    /// When the head of `delayed/` was last read: it is read again at least once per poll
+    /// interval, for entries that file events do not report (other NFS clients, no watcher).
+    delayed_read: Mutex<Instant>,
     pub signals: Arc<Signals>,
     pub watch: Mutex<Watch>,
     work_frontier: Mutex<FrontierState>,
@@ -261,11 +264,13 @@ impl Inner {
     fn promote_delayed(&self) -> Result<()> {
         let changed = std::mem::take(&mut self.signals.lock().delayed_changed);
         let now = now_ms();
-        let stale = self.delayed_stale.swap(false, Ordering::SeqCst) || changed;
+        let polled = lock(&self.delayed_read).elapsed() >= self.opts.poll_interval;
+        let stale = self.delayed_stale.swap(false, Ordering::SeqCst) || changed || polled;
         let due = lock(&self.next_due).is_some_and(|d| d <= now);
         if !stale && !due {
             return Ok(());
         }
+        *lock(&self.delayed_read) = Instant::now();
         let promoted = {
             let mut watch = lock(&self.watch);
             match self
@@ -624,6 +629,7 @@ impl Store {
             },
             next_due: Mutex::new(None),
             delayed_stale: AtomicBool::new(true),
+            delayed_read: Mutex::new(Instant::now()),
             layout,
             opts,
             fs,
@@ -988,7 +994,12 @@ impl Store {
     /// When a job that is neither held nor finished becomes pullable, if that is still ahead:
     /// its `not_before`, or the `retry_at` its last failed attempt recorded — unless a pending
     /// entry says it is pullable already.
-    fn run_at(&self, id: &JobId, rec: &JobRecord, attempts: u64) -> Result<Option<SystemTime>> {
+    pub(crate) fn run_at(
+        &self,
+        id: &JobId,
+        rec: &JobRecord,
+        attempts: u64,
+    ) -> Result<Option<SystemTime>> {
         let layout = &self.inner.layout;
         if exists(&self.inner.work.path(&pending_key(id, rec.priority)))? {
             return Ok(None);
@@ -1058,6 +1069,7 @@ impl Store {
                 what: "only a job that has not finished can be cancelled",
             });
         }
+        crate::fault::point("cancel.after_outcome");
         outcome::end_holder(inner, id, "cancelled")?;
         inner.after_fulfilled(id, rec.priority)
     }
@@ -1111,6 +1123,7 @@ impl Store {
         }
         inner.fs.sync_dir(&dir)?;
         inner.fs.sync_dir(&layout.job_dir(id))?;
+        crate::fault::point("retry.after_rename");
         let key = pending_key(id, rec.priority);
         inner.work.add(&inner.fs, &key)?;
         inner.offer(LeaseKind::Work, key);
@@ -1118,7 +1131,7 @@ impl Store {
     }
 
     /// (highest epoch, whether it is held).
-    fn epoch_state(&self, kind: LeaseKind, id: &JobId) -> Result<(u64, bool)> {
+    pub(crate) fn epoch_state(&self, kind: LeaseKind, id: &JobId) -> Result<(u64, bool)> {
         let layout = &self.inner.layout;
         let max = list_names(&layout.claims_dir(kind, id))?
             .iter()
@@ -1251,12 +1264,21 @@ impl Store {
             }
         }
         let mut delayed = HashSet::new();
-        for (_, _, id, _) in inner.delayed.all()? {
+        let now = now_ms();
+        for (due, _, id, _) in inner.delayed.all()? {
             if !unfinished.contains(&id)
                 && exists(&layout.job_dir(&id))?
                 && !exists(&layout.result_dir(&id))?
             {
-                delayed.insert(id);
+                if due <= now || exists(&layout.epoch_dir(LeaseKind::Work, &id, 1))? {
+                    // Due (the next pull promotes it), or waiting out a retry's backoff (a job
+                    // that ran before): pending, as `get` and `list` say.
+                    delayed.remove(&id);
+                    unfinished.insert(id);
+                    oldest = Some(oldest.map_or(id.unix_millis(), |o| o.min(id.unix_millis())));
+                } else {
+                    delayed.insert(id);
+                }
             }
         }
         let mut running = 0u64;

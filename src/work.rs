@@ -188,6 +188,13 @@ impl WorkLease {
         let st = &self.state;
         st.check_live()?;
         let id = st.id;
+        if exists(&inner.layout.result_dir(&id))? {
+            // Finished meanwhile without this lease (fulfilled, cancelled or expired): nothing
+            // to retry. As a fenced fulfilment would: release (`LeaseLost` if the lease is gone
+            // too, as after a cancellation), and say so.
+            st.end("released")?;
+            return Err(Error::AlreadyFulfilled(id));
+        }
         let policy = self.record.retry_policy();
         let failures = crate::retry::failures(&inner.layout, &id, st.epoch)?.len() as u32 + 1;
         let now = std::time::SystemTime::now();
@@ -218,8 +225,18 @@ impl WorkLease {
         // never pullable during its backoff, and never without an entry.
         let class = crate::layout::priority_class(self.record.priority);
         inner.delayed.add(&inner.fs, due, &class, &id)?;
+        crate::fault::point("fail.after_delayed");
         inner.work.remove(&self.key)?;
-        st.end("failed")?;
+        let ended = st.end("failed");
+        // A puller that promoted the delayed entry (due already: a short backoff) between the
+        // add and the removal above made no new pending entry (it existed) and this removal
+        // took it: the delayed entry is then gone, and the pending entry is put back. The
+        // promoter checks the other way round (`Delayed::promote_due`).
+        if !exists(&inner.delayed.entry_path(due, &class, &id))? {
+            inner.work.add(&inner.fs, &self.key)?;
+            inner.offer(LeaseKind::Work, self.key.clone());
+        }
+        ended?;
         inner.note_due(due);
         Ok(Failure::Retrying { after: backoff })
     }
@@ -405,6 +422,11 @@ impl Store {
                 // A fulfilment crashed before tidying its index entries: finish its work.
                 repair_fulfilled(inner, &id)?;
                 inner.work.remove(key)?;
+                // A manual retry may have set the outcome aside and added this very entry
+                // since the claim saw `result/`: then the entry is needed again.
+                if !exists(&inner.layout.result_dir(&id))? && exists(&inner.layout.job_dir(&id))? {
+                    inner.work.add(&inner.fs, key)?;
+                }
                 Ok(None)
             }
             ClaimOutcome::Gone => {

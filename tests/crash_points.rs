@@ -1,7 +1,9 @@
 //! Fault injection: for every named crash point in the protocol, a real process is killed
 //! (SIGKILL) exactly there; then `recover` must heal what is left, and the invariants must hold:
 //! no acknowledged job lost, no result changed, no queued target lost, none re-delivered after
-//! its `done`, no lease file or temporary left. Needs the `fault-injection` feature:
+//! its `done`, no lease file or temporary left; a job whose `fail` crashed still runs, and a job
+//! whose `cancel` was acknowledged stays cancelled unless its `retry` was reached. Needs the
+//! `fault-injection` feature:
 //!
 //! ```sh
 //! cargo test --release --features fault-injection --test crash_points
@@ -15,7 +17,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use jobdir::{JobId, RecoverOptions, Store};
+use jobdir::{CreateOptions, Failure, JobId, JobState, RecoverOptions, RetryPolicy, Store};
 use serde_json::{Value, json};
 
 /// Every crash point compiled into the library (`grep fault::point src`); the test fails if one
@@ -38,6 +40,10 @@ const POINTS: &[&str] = &[
     "remove.after_rename",
     "takeover.before_rename",
     "takeover.after_rename",
+    "fail.after_delayed",
+    "promote.after_pending",
+    "cancel.after_outcome",
+    "retry.after_rename",
 ];
 
 macro_rules! say {
@@ -97,6 +103,40 @@ fn helper() {
     say!("removing {c}"); // from here on, c may be gone
     store.remove(&c).unwrap();
     say!("removed {c}");
+    // The lifecycle: a failure retried at once (no backoff), then a cancel and a manual retry.
+    let retry_at_once = RetryPolicy::default()
+        .with_max_attempts(3)
+        .with_backoff(Duration::ZERO, Duration::ZERO);
+    let d = store
+        .create_with(
+            &json!({"job": "d"}),
+            CreateOptions::default().retry(retry_at_once),
+        )
+        .unwrap();
+    say!("created {d}");
+    let job = store.pull_work().unwrap().unwrap();
+    assert_eq!(
+        job.fail("boom").unwrap(),
+        Failure::Retrying {
+            after: Duration::ZERO
+        }
+    );
+    let job = store.pull_work().unwrap().expect("promoted at once");
+    assert_eq!((job.id(), job.attempt()), (d, 2));
+    let value = format!("value of {d}");
+    job.fulfill(&value).unwrap();
+    say!("fulfilled {d} {value}");
+    let e = store.create(&json!({"job": "e"})).unwrap();
+    say!("created {e}");
+    say!("cancelling {e}"); // from here on, e may be cancelled
+    store.cancel(&e, "stop").unwrap();
+    say!("retrying {e}"); // from here on, e may be pending again
+    store.retry(&e).unwrap();
+    say!("retried {e}");
+    let job = store.pull_work().unwrap().unwrap();
+    let value = format!("value of {e}");
+    job.fulfill(&value).unwrap();
+    say!("fulfilled {e} {value}");
     say!("finished");
 }
 
@@ -121,6 +161,38 @@ fn run(role: &str, dir: &Path, crash_at: Option<&str>) -> (std::process::Child, 
         }
     }
     (child, lines)
+}
+
+/// Every `fault::point("...")` in `src/` is listed in POINTS, and nothing else is.
+#[test]
+fn every_crash_point_in_the_source_is_listed() {
+    fn scan(dir: &Path, out: &mut HashSet<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                scan(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                for part in text.split("fault::point(\"").skip(1) {
+                    out.insert(part.split('"').next().unwrap().to_string());
+                }
+            }
+        }
+    }
+    let mut found = HashSet::new();
+    scan(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut found,
+    );
+    let listed: HashSet<String> = POINTS.iter().map(|p| p.to_string()).collect();
+    let mut missing: Vec<_> = found.difference(&listed).collect();
+    missing.sort();
+    let mut extra: Vec<_> = listed.difference(&found).collect();
+    extra.sort();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "crash points in src/ but not in POINTS: {missing:?}; in POINTS but not in src/: {extra:?}"
+    );
 }
 
 #[test]
@@ -157,6 +229,8 @@ fn check_point(point: &str) {
     let mut done: HashSet<(JobId, String)> = HashSet::new();
     let mut delivered: HashSet<(JobId, String)> = HashSet::new();
     let mut removed = HashSet::new();
+    let mut may_be_cancelled = HashSet::new();
+    let mut retried = HashSet::new();
     for l in &lines {
         let mut it = l.splitn(3, ' ');
         let (what, id, rest) = (it.next().unwrap(), it.next().unwrap(), it.next());
@@ -179,6 +253,13 @@ fn check_point(point: &str) {
             }
             "removing" | "removed" => {
                 removed.insert(id);
+            }
+            "cancelling" => {
+                may_be_cancelled.insert(id);
+            }
+            "retrying" => {}
+            "retried" => {
+                retried.insert(id);
             }
             other => panic!("{other}"),
         }
@@ -213,6 +294,15 @@ fn check_point(point: &str) {
         let info = fresh
             .get(id)
             .unwrap_or_else(|e| panic!("{point}: acknowledged job {id} lost: {e}"));
+        if info.state == JobState::Cancelled {
+            // Only a job whose cancel was reached, and whose retry was not acknowledged.
+            assert!(
+                may_be_cancelled.contains(id) && !retried.contains(id),
+                "{point}: {id} cancelled: {info:?}"
+            );
+            assert!(info.waiting.is_empty(), "{point}: targets left on {id}");
+            continue;
+        }
         let got = String::from_utf8(info.result.expect("fulfilled")).unwrap();
         if let Some(v) = results.get(id) {
             assert_eq!(&got, v, "{point}: result of {id} changed");

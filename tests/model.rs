@@ -2,14 +2,22 @@
 //! small in-memory model, and the two are compared after every step.
 //!
 //! Operations: create (with priority), pull, fulfil (fenced), fulfil without a lease, release,
-//! queue, unqueue, pull notification, done (any subset), drop a notification, recover, reopen
-//! the store (a process restart) — and, with the `fault-injection` feature, a holder that dies
-//! (its lease must then be taken over).
+//! fail (under a retry policy of 3 attempts with no backoff, so a failed job is pending again
+//! at once, and its third failure finishes it as failed), cancel, retry by hand, queue,
+//! unqueue, pull notification, done (any subset), drop a notification, recover, reopen the
+//! store (a process restart) — and, with the `fault-injection` feature, a holder that dies (its
+//! lease must then be taken over, and counts as a failed attempt).
+//!
+//! Compared after every step, for every job: state, result, final error, the history of failed
+//! attempts, attempts, waiting targets; and the store's counts per state.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use jobdir::{Error, JobId, JobState, NotificationLease, Store, WorkLease};
+use jobdir::{
+    CreateOptions, Error, Failure, JobId, JobState, NotificationLease, RetryPolicy, Store,
+    WorkLease,
+};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -19,6 +27,9 @@ enum Op {
     Pull,
     Fulfil(usize, u8),
     Release(usize),
+    Fail(usize),
+    Cancel(usize),
+    Retry(usize),
     Die(usize),
     StoreFulfil(usize, u8),
     Queue(usize, u8),
@@ -36,6 +47,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Pull),
         2 => (any::<usize>(), any::<u8>()).prop_map(|(i, v)| Op::Fulfil(i, v)),
         1 => any::<usize>().prop_map(Op::Release),
+        2 => any::<usize>().prop_map(Op::Fail),
+        1 => any::<usize>().prop_map(Op::Cancel),
+        1 => any::<usize>().prop_map(Op::Retry),
         1 => any::<usize>().prop_map(Op::Die),
         1 => (any::<usize>(), any::<u8>()).prop_map(|(i, v)| Op::StoreFulfil(i, v)),
         2 => (any::<usize>(), 0u8..4).prop_map(|(i, t)| Op::Queue(i, t)),
@@ -48,12 +62,25 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Attempts allowed per job (between manual retries).
+const MAX_ATTEMPTS: u32 = 3;
+/// The error a dead holder's expired lease is recorded with.
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+const EXPIRED: &str = "lease expired (holder died or stalled)";
+
 #[derive(Debug)]
 struct MJob {
     id: JobId,
     priority: i32,
     seq: usize,
     result: Option<Vec<u8>>,
+    /// Finished without a result: failed or cancelled, with the final error.
+    unfulfilled: Option<(JobState, String)>,
+    /// Failed attempts since creation or the last manual retry (expired leases count).
+    failures: u32,
+    /// Every failed attempt: (attempt, error, certain). An expired lease is uncertain until
+    /// it is known to have been taken over (a cancellation may end it first).
+    errors: Vec<(u64, String, bool)>,
     attempts: u64,
     held: bool,
     /// Its holder died: the job may be seen as running or (once taken over) pending.
@@ -64,11 +91,19 @@ struct MJob {
     queued_while_held: BTreeSet<String>,
 }
 
+impl MJob {
+    fn finished(&self) -> bool {
+        self.result.is_some() || self.unfulfilled.is_some()
+    }
+}
+
 struct World {
     dir: tempfile::TempDir,
     store: Store,
     jobs: Vec<MJob>,
     leases: Vec<WorkLease>,
+    /// Leases (job, attempt) ended under their holder by a cancellation.
+    lost: BTreeSet<(JobId, u64)>,
     notes: Vec<NotificationLease>,
 }
 
@@ -85,6 +120,7 @@ impl World {
             store,
             jobs: Vec::new(),
             leases: Vec::new(),
+            lost: BTreeSet::new(),
             notes: Vec::new(),
         }
     }
@@ -100,7 +136,11 @@ impl World {
                     .store
                     .create_with(
                         &json!({"seq": self.jobs.len()}),
-                        jobdir::CreateOptions::default().priority(p),
+                        CreateOptions::default().priority(p).retry(
+                            RetryPolicy::default()
+                                .with_max_attempts(MAX_ATTEMPTS)
+                                .with_backoff(Duration::ZERO, Duration::ZERO),
+                        ),
                     )
                     .unwrap();
                 let seq = self.jobs.len();
@@ -109,6 +149,9 @@ impl World {
                     priority: p,
                     seq,
                     result: None,
+                    unfulfilled: None,
+                    failures: 0,
+                    errors: Vec::new(),
                     attempts: 0,
                     held: false,
                     dead_holder: false,
@@ -121,7 +164,7 @@ impl World {
                 let mut pending: Vec<&MJob> = self
                     .jobs
                     .iter()
-                    .filter(|j| j.result.is_none() && !j.held)
+                    .filter(|j| !j.finished() && !j.held)
                     .collect();
                 pending.sort_by_key(|j| (-j.priority, j.seq));
                 let first = pending.first().map(|j| j.id);
@@ -130,13 +173,18 @@ impl World {
                     Some(lease) => {
                         let id = lease.id();
                         let j = self.job(id);
-                        assert!(j.result.is_none());
+                        assert!(!j.finished());
                         assert!(
                             !j.held || j.dead_holder,
                             "pulled a job held by a live holder"
                         );
                         if !j.dead_holder {
                             assert_eq!(Some(id), first, "not the first in priority/FIFO order");
+                        } else if j.held {
+                            // The claim took the dead holder's lease over: expired for sure.
+                            for e in &mut j.errors {
+                                e.2 = true;
+                            }
                         }
                         j.held = true;
                         j.dead_holder = false;
@@ -151,11 +199,15 @@ impl World {
                     return;
                 }
                 let lease = self.leases.remove(i % self.leases.len());
-                let id = lease.id();
+                let (id, attempt) = (lease.id(), lease.attempt());
                 let res = lease.fulfill([v]);
+                if self.lost.remove(&(id, attempt)) {
+                    assert!(matches!(res, Err(Error::LeaseLost(_))), "{res:?}");
+                    return;
+                }
                 let j = self.job(id);
                 j.held = false;
-                if j.result.is_some() {
+                if j.finished() {
                     assert!(matches!(res, Err(Error::AlreadyFulfilled(_))), "{res:?}");
                 } else {
                     res.unwrap();
@@ -167,9 +219,81 @@ impl World {
                     return;
                 }
                 let lease = self.leases.remove(i % self.leases.len());
-                let id = lease.id();
-                lease.release().unwrap();
+                let (id, attempt) = (lease.id(), lease.attempt());
+                let res = lease.release();
+                if self.lost.remove(&(id, attempt)) {
+                    assert!(matches!(res, Err(Error::LeaseLost(_))), "{res:?}");
+                    return;
+                }
+                res.unwrap();
                 self.job(id).held = false;
+            }
+            Op::Fail(i) => {
+                if self.leases.is_empty() {
+                    return;
+                }
+                let lease = self.leases.remove(i % self.leases.len());
+                let (id, attempt) = (lease.id(), lease.attempt());
+                let error = format!("e{attempt}");
+                let res = lease.fail(&error);
+                if self.lost.remove(&(id, attempt)) {
+                    assert!(matches!(res, Err(Error::LeaseLost(_))), "{res:?}");
+                    return;
+                }
+                let j = self.job(id);
+                j.held = false;
+                if j.finished() {
+                    // Fulfilled without the lease meanwhile: nothing to retry.
+                    assert!(matches!(res, Err(Error::AlreadyFulfilled(_))), "{res:?}");
+                    return;
+                }
+                j.failures += 1;
+                j.errors.push((attempt, error.clone(), true));
+                if j.failures >= MAX_ATTEMPTS {
+                    assert_eq!(res.unwrap(), Failure::Failed);
+                    j.unfulfilled = Some((JobState::Failed, error));
+                } else {
+                    assert_eq!(
+                        res.unwrap(),
+                        Failure::Retrying {
+                            after: Duration::ZERO
+                        }
+                    );
+                }
+            }
+            Op::Cancel(i) => {
+                if self.jobs.is_empty() {
+                    return;
+                }
+                let n = self.jobs.len();
+                let j = &mut self.jobs[i % n];
+                let res = self.store.cancel(&j.id, "why");
+                if j.finished() {
+                    assert!(matches!(res, Err(Error::WrongState { .. })), "{res:?}");
+                    return;
+                }
+                res.unwrap();
+                j.unfulfilled = Some((JobState::Cancelled, "why".to_string()));
+                if j.held && !j.dead_holder {
+                    self.lost.insert((j.id, j.attempts));
+                }
+                j.held = false;
+                j.dead_holder = false;
+            }
+            Op::Retry(i) => {
+                if self.jobs.is_empty() {
+                    return;
+                }
+                let n = self.jobs.len();
+                let j = &mut self.jobs[i % n];
+                let res = self.store.retry(&j.id);
+                if j.unfulfilled.is_none() {
+                    assert!(matches!(res, Err(Error::WrongState { .. })), "{res:?}");
+                    return;
+                }
+                res.unwrap();
+                j.unfulfilled = None;
+                j.failures = 0;
             }
             Op::Die(i) => {
                 #[cfg(feature = "fault-injection")]
@@ -177,10 +301,22 @@ impl World {
                     if self.leases.is_empty() {
                         return;
                     }
-                    let lease = self.leases.remove(i % self.leases.len());
-                    let id = lease.id();
+                    let k = i % self.leases.len();
+                    let (id, attempt) = (self.leases[k].id(), self.leases[k].attempt());
+                    if self.lost.contains(&(id, attempt)) {
+                        return;
+                    }
+                    let j = self.job(id);
+                    // The expired lease counts as a failed attempt; keep the model's next claim
+                    // clear of "out of attempts" (tests/lifecycle.rs covers that).
+                    if j.finished() || j.failures + 1 >= MAX_ATTEMPTS {
+                        return;
+                    }
+                    j.failures += 1;
+                    j.errors.push((attempt, EXPIRED.to_string(), false));
+                    j.dead_holder = true;
+                    let lease = self.leases.remove(k);
                     lease.abandon();
-                    self.job(id).dead_holder = true;
                 }
                 let _ = i;
             }
@@ -191,7 +327,7 @@ impl World {
                 let n = self.jobs.len();
                 let j = &mut self.jobs[i % n];
                 let res = self.store.fulfill(&j.id, [v]);
-                if j.result.is_some() {
+                if j.finished() {
                     assert!(matches!(res, Err(Error::AlreadyFulfilled(_))), "{res:?}");
                 } else {
                     res.unwrap();
@@ -224,7 +360,7 @@ impl World {
                 let candidates: BTreeSet<JobId> = self
                     .jobs
                     .iter()
-                    .filter(|j| j.result.is_some() && !j.targets.is_empty() && !j.note_held)
+                    .filter(|j| j.finished() && !j.targets.is_empty() && !j.note_held)
                     .map(|j| j.id)
                     .collect();
                 match self.store.pull_notification().unwrap() {
@@ -238,7 +374,18 @@ impl World {
                             n.waiting().iter().map(|v| v.to_string()).collect();
                         let j = self.job(n.id());
                         assert_eq!(waiting, j.targets);
-                        assert_eq!(n.value(), j.result.as_deref().unwrap());
+                        match &j.unfulfilled {
+                            None => {
+                                assert_eq!(n.state(), JobState::Fulfilled);
+                                assert_eq!(n.value(), j.result.as_deref().unwrap());
+                                assert_eq!(n.error(), None);
+                            }
+                            Some((state, error)) => {
+                                assert_eq!(n.state(), *state);
+                                assert!(n.value().is_empty());
+                                assert_eq!(n.error(), Some(error.as_str()));
+                            }
+                        }
                         j.note_held = true;
                         self.notes.push(n);
                     }
@@ -287,14 +434,19 @@ impl World {
                     if j.dead_holder {
                         j.held = false;
                         j.dead_holder = false;
+                        for e in &mut j.errors {
+                            e.2 = true;
+                        }
                     }
                 }
             }
             Op::Reopen => {
                 for lease in self.leases.drain(..) {
-                    let id = lease.id();
+                    let (id, attempt) = (lease.id(), lease.attempt());
                     drop(lease);
-                    self.jobs.iter_mut().find(|j| j.id == id).unwrap().held = false;
+                    if !self.lost.remove(&(id, attempt)) {
+                        self.jobs.iter_mut().find(|j| j.id == id).unwrap().held = false;
+                    }
                 }
                 for n in self.notes.drain(..) {
                     let id = n.id();
@@ -317,18 +469,47 @@ impl World {
             let info = self.store.get(&j.id).unwrap();
             let want = if j.result.is_some() {
                 JobState::Fulfilled
+            } else if let Some((state, _)) = &j.unfulfilled {
+                *state
             } else if j.held {
                 JobState::Running
             } else {
                 JobState::Pending
             };
-            if j.dead_holder && j.result.is_none() {
+            if j.dead_holder && !j.finished() {
                 assert!(matches!(info.state, JobState::Running | JobState::Pending));
             } else {
                 assert_eq!(info.state, want, "{j:?}");
                 *counts.entry(want.as_str()).or_default() += 1;
             }
             assert_eq!(info.result, j.result);
+            assert_eq!(
+                info.error.as_deref(),
+                j.unfulfilled.as_ref().map(|u| u.1.as_str()),
+                "{j:?}"
+            );
+            assert_eq!(info.run_at, None, "no backoff: {j:?}");
+            // The history of failed attempts: every certain one, in order, and nothing else.
+            let got: Vec<(u64, &str)> = info
+                .errors
+                .iter()
+                .map(|e| (e.attempt, e.error.as_str()))
+                .collect();
+            let mut it = got.iter().peekable();
+            for (attempt, error, certain) in &j.errors {
+                if it.peek() == Some(&&(*attempt, error.as_str())) {
+                    it.next();
+                } else {
+                    assert!(
+                        !certain,
+                        "missing failed attempt {attempt} in {got:?}: {j:?}"
+                    );
+                }
+            }
+            assert!(
+                it.next().is_none(),
+                "unexpected failed attempts {got:?}: {j:?}"
+            );
             assert_eq!(info.attempts, j.attempts, "{j:?}");
             let waiting: BTreeSet<String> = info.waiting.iter().map(|v| v.to_string()).collect();
             assert_eq!(waiting, j.targets);
@@ -338,6 +519,9 @@ impl World {
             assert_eq!(c.pending, counts.get("pending").copied().unwrap_or(0));
             assert_eq!(c.running, counts.get("running").copied().unwrap_or(0));
             assert_eq!(c.fulfilled, counts.get("fulfilled").copied().unwrap_or(0));
+            assert_eq!(c.failed, counts.get("failed").copied().unwrap_or(0));
+            assert_eq!(c.cancelled, counts.get("cancelled").copied().unwrap_or(0));
+            assert_eq!((c.delayed, c.expired), (0, 0));
         }
     }
 }

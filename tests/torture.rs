@@ -1,8 +1,14 @@
 //! Crash torture: N jobs, each with notification targets (one queued at creation, one after the
-//! job is seen fulfilled), P worker and notifier processes, and a `kill -9` of a random one
+//! job is seen finished), P worker and notifier processes, and a `kill -9` of a random one
 //! every few tens of milliseconds (replaced at once), until all work and all deliveries are
 //! done. Then `recover`, and the invariants are checked on what is on disk and in the logs the
 //! processes kept of every execution and delivery.
+//!
+//! The lifecycle is exercised alongside the kills: workers fail a fraction of their attempts
+//! (`WorkLease::fail`; tiny backoff, a high attempt budget, so every job is fulfilled in the
+//! end), every 8th job is created delayed, and every 20th is cancelled while the workers run.
+//! Every job must end fulfilled, or cancelled if (and only if) its `cancel` succeeded: none
+//! lost, failed, expired or stuck, and no result written twice or changed.
 //!
 //! Short run (CI): `cargo test --release --test torture -- --nocapture`
 //! Long run: `JOBDIR_TORTURE_JOBS=10000 JOBDIR_TORTURE_PROCS=6 JOBDIR_TORTURE_KILL_MS=100 \
@@ -17,7 +23,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use jobdir::{JobId, RecoverOptions, Store};
+use jobdir::{
+    CompromiseReason, CreateOptions, Error, JobId, JobState, RecoverOptions, RetryPolicy, Store,
+};
 use serde_json::json;
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -51,6 +59,15 @@ fn answer(n: u64) -> String {
     format!("{}", n * n + 1)
 }
 
+/// Whether a worker fails this attempt of this job (deterministic, about `pct` percent).
+fn fails(id: &JobId, attempt: u64, pct: u64) -> bool {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in id.to_string().bytes().chain(attempt.to_le_bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h % 100 < pct
+}
+
 /// The child side: a worker or a notifier that logs every execution and delivery.
 #[test]
 fn helper() {
@@ -64,6 +81,7 @@ fn helper() {
         .poll_interval(Duration::from_millis(200))
         .open()
         .unwrap();
+    let fail_pct = env_u64("JOBDIR_TORTURE_FAIL_PCT", 25);
     loop {
         if role == "worker" {
             let Some(job) = store.pull_work_timeout(Duration::from_secs(1)).unwrap() else {
@@ -71,6 +89,21 @@ fn helper() {
             };
             let n = job.request()["n"].as_u64().unwrap();
             append(&log, &format!("exec {} {}\n", job.id(), mono_ns()));
+            let (id, told) = (job.id(), log.clone());
+            job.on_compromised(move |reason| {
+                if reason == CompromiseReason::Cancelled {
+                    append(&told, &format!("cancelled-held {id} {}\n", mono_ns()));
+                }
+            });
+            // A little work, so that cancels and kills meet running jobs.
+            std::thread::sleep(Duration::from_millis(2));
+            if fails(&job.id(), job.attempt(), fail_pct) {
+                let id = job.id();
+                if job.fail("torture: planned failure").is_ok() {
+                    append(&log, &format!("fail {id} {}\n", mono_ns()));
+                }
+                continue;
+            }
             let _ = job.fulfill(answer(n));
         } else {
             let Some(note) = store
@@ -93,6 +126,18 @@ fn helper() {
                     append(&log, &format!("done {id} {t} {now}\n"));
                 }
             }
+        }
+    }
+}
+
+/// The helper processes, killed when dropped (also when the test panics: no orphans).
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }
@@ -125,8 +170,19 @@ fn torture() {
 
     let mut created: HashMap<JobId, u64> = HashMap::new();
     let mut queued: HashSet<(JobId, String)> = HashSet::new();
+    let mut to_cancel = Vec::new();
+    let policy = RetryPolicy::default()
+        .with_max_attempts(1000)
+        .with_backoff(Duration::from_millis(10), Duration::from_millis(50));
     for n in 0..jobs {
-        let id = store.create(&json!({ "n": n })).unwrap();
+        let mut opts = CreateOptions::default().retry(policy.clone());
+        if n % 8 == 3 {
+            opts = opts.delay(Duration::from_millis(100 * (n % 10)));
+        }
+        let id = store.create_with(&json!({ "n": n }), opts).unwrap();
+        if n % 20 == 7 {
+            to_cancel.push(id);
+        }
         let t = json!({ "first": n });
         store.queue(&id, &t).unwrap();
         queued.insert((id, t.to_string()));
@@ -137,12 +193,43 @@ fn torture() {
     let roles: Vec<&str> = (0..procs)
         .map(|k| if k % 2 == 0 { "worker" } else { "notifier" })
         .collect();
-    let mut children: Vec<Child> = roles
-        .iter()
-        .enumerate()
-        .map(|(k, r)| spawn(r, dir, k))
-        .collect();
-    // A checker thread queues a second target on each job it sees fulfilled (remembering the
+    let mut children = Children(
+        roles
+            .iter()
+            .enumerate()
+            .map(|(k, r)| spawn(r, dir, k))
+            .collect(),
+    );
+    // A canceller cancels its jobs one by one while the workers run. A cancel that succeeds
+    // must leave the job cancelled; one refused (it had finished: fulfilled) must leave it so.
+    let canceller = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let (mut cancelled, mut refused) = (HashSet::new(), HashSet::new());
+            // Alternately from the back (jobs not started yet) and from the front (near where
+            // the workers are), so that cancels meet pending, running and fulfilled jobs.
+            let mut order = Vec::new();
+            let (mut lo, mut hi) = (0, to_cancel.len());
+            while lo < hi {
+                hi -= 1;
+                order.push(to_cancel[hi]);
+                if lo < hi {
+                    order.push(to_cancel[lo]);
+                    lo += 1;
+                }
+            }
+            for id in order {
+                std::thread::sleep(Duration::from_millis(60));
+                match store.cancel(&id, "torture: cancelled") {
+                    Ok(()) => cancelled.insert(id),
+                    Err(Error::WrongState { .. }) => refused.insert(id),
+                    Err(e) => panic!("cancel {id}: {e}"),
+                };
+            }
+            (cancelled, refused)
+        })
+    };
+    // A checker thread queues a second target on each job it sees finished (remembering the
     // first result it saw) and says when everything is done; the main thread keeps killing.
     let finished = Arc::new(AtomicBool::new(false));
     let checker = {
@@ -151,31 +238,47 @@ fn torture() {
         let finished = Arc::clone(&finished);
         std::thread::spawn(move || {
             let mut seen_result: HashMap<JobId, Vec<u8>> = HashMap::new();
+            let mut seen_unfulfilled: HashMap<JobId, JobState> = HashMap::new();
             let mut queued_after = Vec::new();
             loop {
                 std::thread::sleep(Duration::from_millis(100));
                 for (id, n) in &created {
-                    if seen_result.contains_key(id) {
+                    if seen_result.contains_key(id) || seen_unfulfilled.contains_key(id) {
                         continue;
                     }
-                    if let Some(v) = store.result(id).unwrap() {
-                        seen_result.insert(*id, v);
-                        let t = json!({ "second": n });
-                        store.queue(id, &t).unwrap();
-                        queued_after.push((*id, t.to_string()));
+                    match store.result(id) {
+                        Ok(None) => continue,
+                        Ok(Some(v)) => {
+                            seen_result.insert(*id, v);
+                        }
+                        Err(Error::Unfulfilled { state, .. }) => {
+                            seen_unfulfilled.insert(*id, state);
+                        }
+                        Err(e) => panic!("result of {id}: {e}"),
                     }
+                    let t = json!({ "second": n });
+                    store.queue(id, &t).unwrap();
+                    queued_after.push((*id, t.to_string()));
                 }
                 let c = store.counts().unwrap();
-                if seen_result.len() == created.len()
-                    && c.pending + c.running == 0
+                if seen_result.len() + seen_unfulfilled.len() == created.len()
+                    && c.pending + c.running + c.delayed == 0
                     && c.notifications == 0
                 {
                     finished.store(true, Ordering::SeqCst);
-                    return (seen_result, queued_after);
+                    return (seen_result, seen_unfulfilled, queued_after);
                 }
                 if started.elapsed() > limit {
                     finished.store(true, Ordering::SeqCst);
-                    panic!("not finished after {limit:?}: {c:?}");
+                    let stuck: Vec<String> = created
+                        .keys()
+                        .filter(|id| {
+                            !seen_result.contains_key(id) && !seen_unfulfilled.contains_key(id)
+                        })
+                        .take(5)
+                        .map(|id| format!("{:?}", store.get(id)))
+                        .collect();
+                    panic!("not finished after {limit:?}: {c:?}; unfinished: {stuck:#?}");
                 }
             }
         })
@@ -188,17 +291,15 @@ fn torture() {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let k = (rng % procs as u64) as usize;
-        let _ = children[k].kill();
-        let _ = children[k].wait();
+        let _ = children.0[k].kill();
+        let _ = children.0[k].wait();
         kills += 1;
-        children[k] = spawn(roles[k], dir, k);
+        children.0[k] = spawn(roles[k], dir, k);
     }
-    let (seen_result, queued_after) = checker.join().expect("checker");
+    let (seen_result, seen_unfulfilled, queued_after) = checker.join().expect("checker");
+    let (cancelled, refused) = canceller.join().expect("canceller");
     queued.extend(queued_after);
-    for mut c in children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    drop(children);
     let elapsed = started.elapsed();
     let report = store
         .recover_with(&RecoverOptions::default().temp_grace(Duration::ZERO))
@@ -206,6 +307,8 @@ fn torture() {
 
     // Read what every process logged.
     let mut execs: HashMap<JobId, u64> = HashMap::new();
+    let mut failures = 0u64;
+    let mut cancelled_held = 0u64;
     let mut delivered: HashMap<(JobId, String), Vec<u128>> = HashMap::new();
     let mut done_at: HashMap<(JobId, String), u128> = HashMap::new();
     for entry in std::fs::read_dir(dir.join("logs")).unwrap() {
@@ -214,6 +317,8 @@ fn torture() {
             let parts: Vec<&str> = line.split(' ').collect();
             match parts.as_slice() {
                 ["exec", id, _] => *execs.entry(id.parse().unwrap()).or_default() += 1,
+                ["fail", _, _] => failures += 1,
+                ["cancelled-held", _, _] => cancelled_held += 1,
                 ["deliver", id, t, ts] => delivered
                     .entry((id.parse().unwrap(), t.to_string()))
                     .or_default()
@@ -232,14 +337,31 @@ fn torture() {
 
     let mut lost = 0;
     let mut changed = 0;
+    let mut wrong_outcome = Vec::new();
     for (id, n) in &created {
         match store.result(id) {
             Ok(Some(v)) => {
                 if v != answer(*n).into_bytes() || seen_result.get(id) != Some(&v) {
                     changed += 1;
                 }
+                if cancelled.contains(id) {
+                    wrong_outcome.push((*id, "fulfilled after its cancel succeeded".to_string()));
+                }
+            }
+            Err(Error::Unfulfilled { state, error, .. }) => {
+                if state != JobState::Cancelled || !cancelled.contains(id) {
+                    wrong_outcome.push((*id, format!("{state}: {error}")));
+                }
+                if seen_unfulfilled.get(id) != Some(&state) {
+                    changed += 1;
+                }
             }
             _ => lost += 1,
+        }
+    }
+    for id in &refused {
+        if !seen_result.contains_key(id) {
+            wrong_outcome.push((*id, "cancel refused, yet not fulfilled".to_string()));
         }
     }
     let undelivered = queued
@@ -256,14 +378,20 @@ fn torture() {
     println!(
         "torture: jobs {jobs}, processes {procs}, kills {kills} (every {kill_ms} ms), {:.1} s \
          (creating: {:.1} s)\n\
-         acknowledged {}, fulfilled {}, lost {lost}, changed or second results {changed}\n\
-         executions {}, duplicate work (at-least-once) {duplicate_work}\n\
+         acknowledged {}, fulfilled {}, cancelled {} (refused {}; holders told \
+         {cancelled_held}), lost {lost}, \
+         changed or second results {changed}, wrong outcomes {}\n\
+         executions {}, failed attempts {failures}, duplicate work (at-least-once and \
+         retries) {duplicate_work}\n\
          targets {}, delivered at least once {}, delivered after done {after_done}\n\
          after recover: leases {leftover_leases}, temporaries {leftover_tmp}, quarantined {}",
         elapsed.as_secs_f64(),
         created_in.as_secs_f64(),
         created.len(),
         seen_result.len(),
+        cancelled.len(),
+        refused.len(),
+        wrong_outcome.len(),
         execs.values().sum::<u64>(),
         queued.len(),
         queued.len() - undelivered,
@@ -271,6 +399,7 @@ fn torture() {
     );
     assert_eq!(lost, 0, "jobs lost");
     assert_eq!(changed, 0, "results changed");
+    assert!(wrong_outcome.is_empty(), "{wrong_outcome:?}");
     assert_eq!(undelivered, 0, "targets never delivered");
     assert_eq!(after_done, 0, "targets delivered after their done");
     assert_eq!(
