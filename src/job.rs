@@ -223,6 +223,9 @@ pub struct JobInfo {
     /// When a delayed job, or one waiting out a retry's backoff, becomes pullable (by the
     /// clock of the process that set it).
     pub run_at: Option<SystemTime>,
+    /// The latest progress its holder reported
+    /// ([`WorkLease::progress`](crate::WorkLease::progress)), while it is running.
+    pub progress: Option<Value>,
 }
 
 /// One failed attempt, as kept in a job's history.

@@ -39,6 +39,11 @@
 //! [`Store::join`], [`Store::allocate`], [`Store::deallocate`], [`Store::jobs`],
 //! [`Store::has_jobs`] and [`Store::instance`].
 //!
+//! A worker can reserve capacity for priority ranges ([`PrioritySlots`], pulled with
+//! [`Store::pull_work_with`] and a [`PullFilter`]), a holder can report progress
+//! ([`WorkLease::progress`], read by [`Store::progress`] and [`Store::get`]), and
+//! [`Store::events`] follows every job's state changes as they happen.
+//!
 //! The on-disk protocol is specified in `docs/FORMAT.md`; the design and its reasons in
 //! `docs/DESIGN.md`.
 
@@ -49,6 +54,7 @@ mod atomic;
 mod control;
 mod delayed;
 mod error;
+mod events;
 mod fault;
 mod id;
 mod index;
@@ -61,6 +67,7 @@ mod notification;
 mod outcome;
 mod recover;
 mod retry;
+mod slots;
 mod store;
 mod watch;
 mod work;
@@ -69,6 +76,7 @@ pub use allocation::{Allocation, AllocationRule, Choice, HashRule, JobKey};
 pub use atomic::Durability;
 pub use control::{CONTROL_TTL, Control, ControlListener, ControlMessage};
 pub use error::{Error, Result};
+pub use events::{EventKind, EventStream, JobEvent};
 pub use id::JobId;
 pub use instance::{InstanceId, InstanceInfo, Liveness, Presence, Removal};
 pub use job::{AttemptError, Counts, CreateOptions, JobInfo, JobState, JobSummary};
@@ -77,6 +85,7 @@ pub use lease::CompromiseReason;
 pub use notification::NotificationLease;
 pub use recover::{Quarantined, RecoverOptions, RecoveryReport};
 pub use retry::RetryPolicy;
+pub use slots::{PrioritySlots, PullFilter};
 pub use store::{Store, StoreBuilder};
 pub use work::{Failure, WorkLease};
 

@@ -22,7 +22,7 @@ use crate::atomic::{AtomicFs, Durability, exists, list_names, read_file, read_fi
 use crate::delayed::{Delayed, ms_of, now_ms};
 use crate::error::{Error, IoContext, Result};
 use crate::id::JobId;
-use crate::index::{Frontier, Index};
+use crate::index::{ClassRange, Frontiers, Index};
 use crate::job::{Counts, CreateOptions, JobInfo, JobRecord, JobState, JobSummary, rfc3339};
 use crate::layout::{
     FORMAT_VERSION, Layout, LeaseKind, MARKER, bucket, parse_epoch, parse_lease_name,
@@ -212,7 +212,7 @@ pub(crate) struct Inner {
 }
 
 struct FrontierState {
-    frontier: Frontier,
+    frontier: Frontiers,
     last_refresh: Instant,
 }
 
@@ -302,7 +302,13 @@ impl Inner {
     /// and handles lease files whose holder closed them (ended or died). `refreshed` is owned
     /// by one pull: the disk is re-read at most once per pull, so a pull whose every candidate
     /// is busy ends instead of meeting the same candidates again.
-    pub(crate) fn next_key(&self, kind: LeaseKind, refreshed: &mut bool) -> Result<Option<String>> {
+    /// Only keys whose priority class lies in `range` are returned (FORMAT.md §13.4).
+    pub(crate) fn next_key(
+        &self,
+        kind: LeaseKind,
+        refreshed: &mut bool,
+        range: &ClassRange,
+    ) -> Result<Option<String>> {
         let (inbox, closed) = {
             let mut st = self.signals.lock();
             let inbox = match kind {
@@ -329,13 +335,13 @@ impl Inner {
             fr.last_refresh = Instant::now();
             *refreshed = true;
         }
-        let next = fr.frontier.next(index, &mut watch)?;
+        let next = fr.frontier.next_in(index, &mut watch, range)?;
         if next.is_none() && !watch.active() && !*refreshed {
             // Without file events, an empty frontier says nothing: look at the disk.
             fr.frontier.refresh();
             fr.last_refresh = Instant::now();
             *refreshed = true;
-            return fr.frontier.next(index, &mut watch);
+            return fr.frontier.next_in(index, &mut watch, range);
         }
         Ok(next)
     }
@@ -415,12 +421,22 @@ impl Store {
     pub(crate) fn pull_next<T>(
         &self,
         kind: LeaseKind,
+        try_one: impl FnMut(&str) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
+        self.pull_next_in(kind, &ClassRange::all(), try_one)
+    }
+
+    /// [`pull_next`](Self::pull_next) limited to the index keys whose class lies in `range`.
+    pub(crate) fn pull_next_in<T>(
+        &self,
+        kind: LeaseKind,
+        range: &ClassRange,
         mut try_one: impl FnMut(&str) -> Result<Option<T>>,
     ) -> Result<Option<T>> {
         let mut last_err = None;
         let mut refreshed = false;
         loop {
-            let Some(key) = self.inner.next_key(kind, &mut refreshed)? else {
+            let Some(key) = self.inner.next_key(kind, &mut refreshed, range)? else {
                 return match last_err {
                     Some(e) => Err(e),
                     None => Ok(None),
@@ -631,11 +647,11 @@ impl Store {
             signals,
             watch: Mutex::new(watch),
             work_frontier: Mutex::new(FrontierState {
-                frontier: Frontier::default(),
+                frontier: Frontiers::default(),
                 last_refresh: now,
             }),
             notify_frontier: Mutex::new(FrontierState {
-                frontier: Frontier::default(),
+                frontier: Frontiers::default(),
                 last_refresh: now,
             }),
             observations: Mutex::new(Observations::default()),
@@ -982,6 +998,12 @@ impl Store {
             error,
             errors,
             run_at,
+            // Progress (FORMAT.md §13.1): only the current attempt's, only while it runs.
+            progress: if state == JobState::Running {
+                crate::work::read_progress(inner, id, attempts)
+            } else {
+                None
+            },
         })
     }
 

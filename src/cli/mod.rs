@@ -9,6 +9,7 @@ mod args;
 mod child;
 mod control;
 mod demo;
+mod events;
 mod instances;
 mod jobs;
 mod log;
@@ -16,6 +17,7 @@ mod lookup;
 mod notify;
 mod output;
 mod pool;
+mod progress;
 mod shutdown;
 mod status;
 mod work;
@@ -85,7 +87,7 @@ enum Command {
         long_about = "Print everything known about a job as one JSON object: id, state (pending, \
             running, fulfilled), priority, request, attempts, created_at, waiting (notification \
             targets) and, once fulfilled, fulfilled_at and the result (`result` when it is UTF-8 \
-            text, else `result_base64`)."
+            text, else `result_base64`); while it runs, the latest `progress` its worker reported."
     )]
     Get(jobs::IdArg),
     /// Print a fulfilled job's result bytes exactly (exit 4 if not fulfilled yet)
@@ -145,6 +147,9 @@ enum Command {
             run out of inodes. Prints how many jobs were removed."
     )]
     Prune(jobs::PruneArgs),
+    /// Print one JSON line per job state change, as it happens
+    #[command(long_about = events::LONG_ABOUT)]
+    Events(events::EventsArgs),
     /// Reclaim dead workers' leases, quarantine foreign files, remove stale temporaries
     #[command(long_about = status::RECOVER_ABOUT)]
     Recover(status::RecoverArgs),
@@ -305,6 +310,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Remove(a) => jobs::remove(&dir, a),
         Command::Prune(a) => jobs::prune(&dir, a),
         Command::Recover(a) => status::recover(&dir, a),
+        Command::Events(a) => events::run(&dir, a),
         Command::Pool(a) => pool::run(&dir, cli.verbose, a),
         Command::Lookup(a) => lookup::lookup(&dir, a),
         Command::Broadcast(a) => lookup::broadcast(&dir, a),

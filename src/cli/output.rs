@@ -41,6 +41,9 @@ pub struct JobJson<'a> {
     /// The result, base64-encoded, when it is not UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
     result_base64: Option<String>,
+    /// The latest progress its worker reported, while it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<&'a Value>,
 }
 
 impl<'a> JobJson<'a> {
@@ -65,6 +68,7 @@ impl<'a> JobJson<'a> {
                 (Some(b), None) => Some(base64::engine::general_purpose::STANDARD.encode(b)),
                 _ => None,
             },
+            progress: info.progress.as_ref(),
         }
     }
 }
