@@ -18,8 +18,9 @@ use tempfile::TempDir;
 /// A generous liveness bound for anything the tests wait for.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// A PROGRAM that runs until `$REL/<its job id>` or `$REL/all` exists.
-const BLOCKING: &str = r#"while [ ! -e "$REL/$JOBDIR_JOB_ID" ] && [ ! -e "$REL/all" ]; do sleep 0.02; done; echo done"#;
+/// A PROGRAM that runs until `$REL/<its job id>` or `$REL/all` exists (or `$REL` is gone: a
+/// program orphaned by a worker killed with -9 ends with its test).
+const BLOCKING: &str = r#"while [ -d "$REL" ] && [ ! -e "$REL/$JOBDIR_JOB_ID" ] && [ ! -e "$REL/all" ]; do sleep 0.02; done; echo done"#;
 
 struct Env {
     _tmp: TempDir,
