@@ -125,7 +125,8 @@ impl JobRecord {
 pub enum JobState {
     /// Waiting for a worker.
     Pending,
-    /// Waiting for its time: created with a delay, or backing off before a retry.
+    /// Created with a delay, and not due yet. (A job waiting out a retry's backoff is
+    /// [`Pending`](JobState::Pending), with [`JobInfo::run_at`] saying when it is pullable.)
     Delayed,
     /// Held by a worker under a lease.
     Running,
@@ -225,7 +226,8 @@ pub struct JobInfo {
     pub error: Option<String>,
     /// The errors of its failed attempts, oldest first (a lease that expired counts).
     pub errors: Vec<AttemptError>,
-    /// When a delayed job becomes pending (by the delaying process's clock).
+    /// When a delayed job, or one waiting out a retry's backoff, becomes pullable (by the
+    /// clock of the process that set it).
     pub run_at: Option<SystemTime>,
     /// The de-duplication key it was created with ([`CreateOptions::key`]).
     pub key: Option<String>,

@@ -989,9 +989,11 @@ impl Store {
         } else {
             None
         };
-        let state = match run_at {
-            Some(_) => JobState::Delayed,
-            None => state,
+        // Delayed is a job created to run later; one waiting out a retry's backoff stays
+        // pending (with `run_at` saying when it is pullable again), as a released job is.
+        let state = match (run_at, rec.not_before_time()) {
+            (Some(at), Some(nb)) if nb >= at => JobState::Delayed,
+            _ => state,
         };
         Ok(JobInfo {
             id: *id,
@@ -1212,9 +1214,9 @@ impl Store {
                 match self.inner.read_record(&id) {
                     Ok(rec) => {
                         let attempts = self.epoch_state(LeaseKind::Work, &id)?.0;
-                        match self.run_at(&id, &rec, attempts)? {
-                            Some(_) => JobState::Delayed,
-                            None => JobState::Pending,
+                        match (self.run_at(&id, &rec, attempts)?, rec.not_before_time()) {
+                            (Some(at), Some(nb)) if nb >= at => JobState::Delayed,
+                            _ => JobState::Pending,
                         }
                     }
                     Err(_) => JobState::Pending,

@@ -103,8 +103,13 @@ pub enum Stop {
 /// How a run ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The program exited by itself.
-    Exited { status: ExitStatus, stdout: Vec<u8> },
+    /// The program exited by itself. `stderr_tail` is the end of what it wrote to stderr (which
+    /// is passed through as it comes), at most [`STDERR_TAIL`] bytes.
+    Exited {
+        status: ExitStatus,
+        stdout: Vec<u8>,
+        stderr_tail: Vec<u8>,
+    },
     /// The runner terminated it; its output is discarded.
     Stopped(Stop),
     /// It could not be started, or its output could not be read.
@@ -120,7 +125,35 @@ pub fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Runs `program` with `env` added, `input` on its stdin, stdout collected, stderr inherited,
+/// How much of the end of a program's stderr is kept (a failed job's error).
+pub const STDERR_TAIL: usize = 2048;
+
+/// Copies a program's stderr to ours as it comes and keeps its last [`STDERR_TAIL`] bytes.
+fn pass_stderr(mut from: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut tail = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let _ = io::stderr().lock().write_all(&buf[..n]);
+                    tail.extend_from_slice(&buf[..n]);
+                    if tail.len() > 2 * STDERR_TAIL {
+                        tail.drain(..tail.len() - STDERR_TAIL);
+                    }
+                }
+            }
+        }
+        if tail.len() > STDERR_TAIL {
+            tail.drain(..tail.len() - STDERR_TAIL);
+        }
+        tail
+    })
+}
+
+/// Runs `program` with `env` added, `input` on its stdin, stdout collected, stderr passed through
+/// (and its tail kept),
 /// in its own process group; `stop` is asked every poll whether to terminate it.
 pub fn run(
     program: &Program,
@@ -133,7 +166,7 @@ pub fn run(
         .args(&program.args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .process_group(0);
     for (k, v) in env {
         cmd.env(k, v);
@@ -155,6 +188,7 @@ pub fn run(
             let _ = tx.send(stdout.read_to_end(&mut buf).map(|_| buf));
         });
     }
+    let stderr = child.stderr.take().map(pass_stderr);
     let group = child.id() as libc::pid_t;
     let mut stopped: Option<(Stop, Instant)> = None;
     let mut killed = false;
@@ -204,8 +238,28 @@ pub fn run(
     if let Some((why, _)) = stopped {
         return Outcome::Stopped(why);
     }
+    // A grandchild that keeps stderr open must not hold us up: take the tail only if done.
+    let stderr_tail = match stderr {
+        Some(h) if h.is_finished() => h.join().unwrap_or_default(),
+        Some(h) => {
+            let t = Instant::now();
+            while !h.is_finished() && t.elapsed() < STDOUT_GRACE {
+                thread::sleep(Duration::from_millis(5));
+            }
+            if h.is_finished() {
+                h.join().unwrap_or_default()
+            } else {
+                Vec::new()
+            }
+        }
+        None => Vec::new(),
+    };
     match collected {
-        Some(Ok(stdout)) => Outcome::Exited { status, stdout },
+        Some(Ok(stdout)) => Outcome::Exited {
+            status,
+            stdout,
+            stderr_tail,
+        },
         Some(Err(e)) => Outcome::Failed(e),
         None => Outcome::Failed(io::Error::other(
             "its stdout stayed open after it exited (held by a process outside its group)",
@@ -259,7 +313,7 @@ mod tests {
     fn collects_stdout_and_status() {
         let p = program(&["sh", "-c", "cat; exit 3"]);
         match run(&p, &[], b"hello".to_vec(), || None) {
-            Outcome::Exited { status, stdout } => {
+            Outcome::Exited { status, stdout, .. } => {
                 assert_eq!(status.code(), Some(3));
                 assert_eq!(stdout, b"hello");
             }

@@ -40,7 +40,7 @@ pub const LONG_ABOUT: &str = "Run N worker processes (`jobdir work`) on the stor
     its job is taken over by another worker at once (its lock dies with it), so no job is \
     lost. A worker that exits 0 is not restarted. A worker that exits non-zero within 2 s of \
     its start 5 times in a row stops the pool (exit 1).\n\n\
-    --until-empty: each worker exits once no job is pending or running, and the pool when all \
+    --until-empty: each worker exits once no job is pending, running or delayed, and the pool when all \
     have. `jobdir broadcast drain`: the workers finish their jobs and exit, and so does the \
     pool. `jobdir broadcast pause` / `resume`: the workers stop and resume pulling. SIGINT or \
     SIGTERM: passed on to every worker (running jobs get --grace to finish), then exit 0.\n\n\

@@ -19,10 +19,10 @@ use super::{args, open_existing};
 pub const STATUS_ABOUT: &str = "Show how many jobs are pending, delayed, running, fulfilled, \
     failed, cancelled and expired, how many finished jobs have notification targets waiting, \
     how many items recovery quarantined, and the age of the oldest pending job.\n\n\
-    --json prints one object with the keys pending, delayed, running, fulfilled, failed, \
-    cancelled, expired, notifications, \
-    quarantined and oldest_pending_age_seconds (a number, or null when nothing is pending). \
-    --watch redraws every second until interrupted.";
+    --json prints one object with the keys pending, running, fulfilled, notifications, \
+    quarantined and oldest_pending_age_seconds (a number, or null when nothing is pending), \
+    and delayed, failed, cancelled and expired when some job is in that state (the text \
+    output shows those lines likewise only when not zero). --watch redraws every second until interrupted.";
 
 pub const RECOVER_ABOUT: &str = "Repair the store now: end the leases of dead holders (their \
     jobs are pending again), quarantine corrupt or foreign files with the reason (moved to \
@@ -54,15 +54,23 @@ pub struct RecoverArgs {
 #[derive(Serialize)]
 struct StatusJson {
     pending: u64,
+    #[serde(skip_serializing_if = "is_zero")]
     delayed: u64,
     running: u64,
     fulfilled: u64,
+    #[serde(skip_serializing_if = "is_zero")]
     failed: u64,
+    #[serde(skip_serializing_if = "is_zero")]
     cancelled: u64,
+    #[serde(skip_serializing_if = "is_zero")]
     expired: u64,
     notifications: u64,
     quarantined: u64,
     oldest_pending_age_seconds: Option<f64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl From<&Counts> for StatusJson {
@@ -89,24 +97,29 @@ fn render(c: &Counts, json: bool) -> anyhow::Result<String> {
         return Ok(serde_json::to_string(&StatusJson::from(c))?);
     }
     let oldest = c.oldest_pending_age.map_or_else(|| "-".to_string(), human);
+    // The issue-6 states appear only when some job is in them, so that the output of a store
+    // that does not use them is what it always was.
+    let extra = |name: &str, n: u64| {
+        if n == 0 {
+            String::new()
+        } else {
+            format!("{name:<16}{n}\n")
+        }
+    };
     Ok(format!(
         "pending         {}\n\
-         delayed         {}\n\
-         running         {}\n\
+         {}running         {}\n\
          fulfilled       {}\n\
-         failed          {}\n\
-         cancelled       {}\n\
-         expired         {}\n\
-         notifications   {}\n\
+         {}{}{}notifications   {}\n\
          quarantined     {}\n\
          oldest pending  {oldest}",
         c.pending,
-        c.delayed,
+        extra("delayed", c.delayed),
         c.running,
         c.fulfilled,
-        c.failed,
-        c.cancelled,
-        c.expired,
+        extra("failed", c.failed),
+        extra("cancelled", c.cancelled),
+        extra("expired", c.expired),
         c.notifications,
         c.quarantined
     ))

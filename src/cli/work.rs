@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use jobdir::{Error, Store, WorkLease};
+use jobdir::{Error, Failure, Store, WorkLease};
 
 use super::child::{self, Outcome, Program, Stop};
 use super::control::WorkerControl;
@@ -30,13 +30,14 @@ use super::{args, log};
 pub const LONG_ABOUT: &str = "Pull jobs and run PROGRAM once per job.\n\n\
     PROGRAM gets the request JSON on stdin and JOBDIR_JOB_ID, JOBDIR_DIR (and JOBDIR, the \
     same store, so that PROGRAM can run `jobdir lookup get`), JOBDIR_ATTEMPT and \
-    JOBDIR_CONTROL in its environment; its stderr is passed through. Exit 0: the job is fulfilled with PROGRAM's \
-    stdout. Any other exit, or death by a signal: the job is released back to pending (its \
-    attempts count grows on the next pull). If the job's lease is lost while PROGRAM runs, \
-    PROGRAM is terminated (SIGTERM, then SIGKILL 5 s later) and its output is not stored.\n\n\
-    A failed job is released after a pause that doubles with its attempts (100 ms, 200 ms, ... \
-    up to 30 s); meanwhile this worker keeps its lease and goes on with other jobs, so a job \
-    that always fails is retried without a hot loop and without holding up the jobs behind it.\n\n\
+    JOBDIR_CONTROL in its environment; its stderr is passed through. Exit 0: the job is \
+    fulfilled with PROGRAM's stdout. Any other exit, or death by a signal: the attempt fails, \
+    with the end of PROGRAM's stderr (up to 2 KiB) as its error, and the job's retry policy \
+    decides (`jobdir create --max-attempts --backoff`; default 5 attempts, backoff from 1 s \
+    doubling, with jitter): the job is delayed and retried, or on its last attempt it is \
+    failed (`jobdir retry ID` runs it again). If the job's lease is lost while PROGRAM runs \
+    (taken over, cancelled, past its run timeout or deadline), PROGRAM is terminated \
+    (SIGTERM, then SIGKILL 5 s later) and its output is not stored.\n\n\
     SIGINT or SIGTERM: stop pulling, let running programs finish for up to --grace seconds, \
     then terminate them and release their jobs; exit 0.\n\n\
     Control messages (`jobdir broadcast`): pause stops pulling once running jobs finish, until \
@@ -49,12 +50,6 @@ pub const LONG_ABOUT: &str = "Pull jobs and run PROGRAM once per job.\n\n\
 
 /// How long one pull waits for a job before the runner looks at its flags again.
 const PULL_SLICE: Duration = Duration::from_millis(200);
-/// A failed job is held this long after its first attempt before it is released, doubling with
-/// each attempt up to [`MAX_RETRY_PAUSE`]. Released at once, the oldest job would be pulled
-/// again first, and a job that always fails would starve every job behind it.
-const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// The longest a failed job is held before its release.
-const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
 /// Consecutive store errors a worker thread tolerates (with a pause between) before giving up.
 const MAX_STORE_ERRORS: u32 = 5;
 
@@ -71,7 +66,7 @@ pub struct WorkArgs {
     /// Lease length in seconds: a job whose holder stops heartbeating this long is taken over
     #[arg(long, value_name = "SECONDS", value_parser = args::seconds)]
     lease: Option<Duration>,
-    /// Return once no job is pending or running
+    /// Return once no job is pending, running or delayed (retries waiting out their backoff count)
     #[arg(long)]
     until_empty: bool,
     /// Stop after running PROGRAM this many times
@@ -96,8 +91,6 @@ struct Runner {
     done: AtomicU64,
     failed: AtomicU64,
     bar: Option<ProgressBar>,
-    /// Failed jobs still held, each with the moment it is to be released.
-    parked: Mutex<Vec<(WorkLease, Instant)>>,
     /// Broadcast control messages: pause, resume, drain, custom (FORMAT.md §11).
     control: WorkerControl,
     /// Jobs whose PROGRAM runs now.
@@ -130,7 +123,6 @@ pub fn run(dir: &Path, a: WorkArgs) -> anyhow::Result<()> {
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         bar,
-        parked: Mutex::new(Vec::new()),
         control,
         running: AtomicU64::new(0),
         reporter: a.pool_worker.map(|_| Mutex::new(Reporter::default())),
@@ -145,7 +137,6 @@ pub fn run(dir: &Path, a: WorkArgs) -> anyhow::Result<()> {
         runner.supervise(&handles);
         runner.control.stop();
     });
-    runner.release_parked(true);
     if let Some(bar) = &runner.bar {
         bar.finish_and_clear();
     }
@@ -208,7 +199,6 @@ impl Runner {
     fn worker(&self) {
         let mut errors = 0;
         while !self.shutdown.stopping() && !self.control.draining() {
-            self.release_parked(false);
             if self.control.paused() {
                 self.control.wait_while_paused(PULL_SLICE);
                 continue;
@@ -262,45 +252,17 @@ impl Runner {
         }
     }
 
-    /// Releases the parked failed jobs whose pause is over (all of them with `all`).
-    fn release_parked(&self, all: bool) {
-        let now = Instant::now();
-        let due: Vec<WorkLease> = {
-            let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
-            let (due, keep) = std::mem::take(&mut *parked)
-                .into_iter()
-                .partition(|(_, at)| all || *at <= now);
-            *parked = keep;
-            due.into_iter().map(|(lease, _)| lease).collect()
-        };
-        for lease in due {
-            self.release(lease);
-        }
-    }
-
-    /// Holds a failed job for a pause that grows with its attempts, then releases it.
-    fn park(&self, lease: WorkLease) -> Duration {
-        let doublings = lease.attempt().saturating_sub(1).min(16) as u32;
-        let pause = FIRST_RETRY_PAUSE
-            .saturating_mul(1 << doublings)
-            .min(MAX_RETRY_PAUSE);
-        self.parked
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((lease, Instant::now() + pause));
-        pause
-    }
-
     fn give_back_slot(&self) {
         if self.max_jobs.is_some() {
             self.started.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
-    /// True when no job is pending or running (for --until-empty).
+    /// True when no job is pending, running or delayed (for --until-empty): a job waiting out
+    /// a retry's backoff (or a delay) keeps the worker.
     fn is_empty(&self) -> bool {
         match self.store.counts() {
-            Ok(c) => c.pending + c.running == 0,
+            Ok(c) => c.pending + c.running + c.delayed == 0,
             Err(e) => {
                 tracing::warn!("cannot count jobs: {e}");
                 false
@@ -308,7 +270,7 @@ impl Runner {
         }
     }
 
-    /// Runs PROGRAM for one job and stores, releases or parks it.
+    /// Runs PROGRAM for one job and stores its result, or records its failure.
     fn execute(&self, lease: WorkLease) {
         let id = lease.id();
         let lost = Arc::new(AtomicBool::new(false));
@@ -346,22 +308,37 @@ impl Runner {
         });
         let took = human(started.elapsed());
         match outcome {
-            Outcome::Exited { status, stdout } if status.success() => match lease.fulfill(stdout) {
-                Ok(()) => self.job_done(&format!("job {id} done in {took}")),
-                Err(e @ (Error::LeaseLost(_) | Error::AlreadyFulfilled(_))) => self.job_failed(
-                    &format!("job {id} finished but its result was refused: {e}"),
-                ),
-                Err(e) => {
-                    self.job_failed(&format!("job {id}: cannot store the result: {e}"));
+            Outcome::Exited { status, stdout, .. } if status.success() => {
+                match lease.fulfill(stdout) {
+                    Ok(()) => self.job_done(&format!("job {id} done in {took}")),
+                    Err(e @ (Error::LeaseLost(_) | Error::AlreadyFulfilled(_))) => self.job_failed(
+                        &format!("job {id} finished but its result was refused: {e}"),
+                    ),
+                    Err(e) => {
+                        self.job_failed(&format!("job {id}: cannot store the result: {e}"));
+                    }
                 }
-            },
-            Outcome::Exited { status, .. } => {
-                let pause = self.park(lease);
-                self.job_failed(&format!(
-                    "job {id} failed: {} after {took} (released in {})",
-                    child::describe(status),
-                    human(pause)
-                ));
+            }
+            Outcome::Exited {
+                status,
+                stderr_tail,
+                ..
+            } => {
+                let how = child::describe(status);
+                let tail = String::from_utf8_lossy(&stderr_tail);
+                let tail = tail.trim();
+                let error = if tail.is_empty() {
+                    format!("{} {how}", self.program.name())
+                } else {
+                    format!("{} {how}: {tail}", self.program.name())
+                };
+                let what = match lease.fail(&error) {
+                    Ok(Failure::Retrying { after }) => format!("retried in {}", human(after)),
+                    Ok(Failure::Failed) => "no attempts left: failed".to_string(),
+                    Ok(_) => "recorded".to_string(),
+                    Err(e) => format!("cannot record the failure: {e}"),
+                };
+                self.job_failed(&format!("job {id} failed: {how} after {took} ({what})"));
             }
             Outcome::Stopped(Stop::LeaseLost) => {
                 drop(lease);
