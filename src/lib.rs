@@ -43,6 +43,10 @@
 //! [`Store::pull_work_with`] and a [`PullFilter`]), a holder can report progress
 //! ([`WorkLease::progress`], read by [`Store::progress`] and [`Store::get`]), and
 //! [`Store::events`] follows every job's state changes as they happen.
+//! A create can carry a de-duplication key ([`CreateOptions::key`], [`Store::create_keyed`]):
+//! while a job created with that key has not finished, creates with it return that job. Jobs
+//! created in a group ([`CreateOptions::group`]) are waited on together: [`Store::wait_group`],
+//! [`Store::wait_group_each`].
 //!
 //! The on-disk protocol is specified in `docs/FORMAT.md`; the design and its reasons in
 //! `docs/DESIGN.md`.
@@ -52,10 +56,12 @@
 mod allocation;
 mod atomic;
 mod control;
+mod dedup;
 mod delayed;
 mod error;
 mod events;
 mod fault;
+mod group;
 mod id;
 mod index;
 mod instance;
@@ -75,8 +81,10 @@ mod work;
 pub use allocation::{Allocation, AllocationRule, Choice, HashRule, JobKey};
 pub use atomic::Durability;
 pub use control::{CONTROL_TTL, Control, ControlListener, ControlMessage};
+pub use dedup::{Created, DedupKey};
 pub use error::{Error, Result};
 pub use events::{EventKind, EventStream, JobEvent};
+pub use group::GroupId;
 pub use id::JobId;
 pub use instance::{InstanceId, InstanceInfo, Liveness, Presence, Removal};
 pub use job::{AttemptError, Counts, CreateOptions, JobInfo, JobState, JobSummary};

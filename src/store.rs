@@ -709,11 +709,20 @@ impl Store {
         request: &T,
         opts: CreateOptions,
     ) -> Result<JobId> {
-        let inner = &self.inner;
         let request = serde_json::to_value(request).map_err(|source| Error::Encode {
             what: "request",
             source,
         })?;
+        self.create_inner(request, opts).map(|c| c.id)
+    }
+
+    /// The body of `create_with` and `create_keyed` (keys and groups: `dedup.rs`, FORMAT.md §12).
+    pub(crate) fn create_inner(
+        &self,
+        request: Value,
+        opts: CreateOptions,
+    ) -> Result<crate::dedup::Created> {
+        let inner = &self.inner;
         let size = serde_json::to_vec(&request)
             .map_err(|source| Error::Encode {
                 what: "request",
@@ -726,6 +735,10 @@ impl Store {
                 size,
                 limit: inner.opts.max_request_bytes,
             });
+        }
+        // A key held by an unfinished job: return it, write nothing (FORMAT.md §12.4 step 1a).
+        if let Some(held) = crate::dedup::before_create(self, &opts)? {
+            return Ok(held);
         }
         let mut id = JobId::generate();
         while inner.check_shard(&id).is_err() {
@@ -743,6 +756,8 @@ impl Store {
             run_timeout_ms: opts.run_timeout.map(|d| d.as_millis() as u64),
             deadline: opts.deadline.map(rfc3339),
             pickup_timeout_ms: opts.pickup_timeout.map(|d| d.as_millis() as u64),
+            key: opts.key.as_ref().map(|k| k.as_str().to_string()),
+            group: opts.group.as_ref().map(|g| g.as_str().to_string()),
         };
         let bytes = serde_json::to_vec(&rec).map_err(|source| Error::Encode {
             what: "job",
@@ -772,6 +787,10 @@ impl Store {
         }
         let _ = staging.keep();
         crate::fault::point("create.after_rename");
+        // Claim the key and join the group before any index entry (FORMAT.md §12.4 steps 6a-6b).
+        if let Some(held) = crate::dedup::after_rename(self, &rec, &opts)? {
+            return Ok(held);
+        }
         if let Some(at) = run_at {
             // A delayed job: its only index entry is in `delayed/` until it is due.
             let due = ms_of(at);
@@ -781,6 +800,7 @@ impl Store {
                 inner.delayed.add(&inner.fs, due, &class, &id)
             });
             if let Err(e) = indexed {
+                crate::dedup::undo(inner, &rec);
                 let grave = inner
                     .layout
                     .tmp
@@ -791,7 +811,10 @@ impl Store {
                 return Err(e);
             }
             inner.note_due(due);
-            return Ok(id);
+            return Ok(crate::dedup::Created {
+                id,
+                existing: false,
+            });
         }
         let key = pending_key(&id, rec.priority);
         // Both new names (the job directory, its index entry) are made first and their two
@@ -807,6 +830,7 @@ impl Store {
         if let Err(e) = indexed {
             // Not acknowledged: take the job back out, so a caller that retries makes no twin.
             let _ = inner.work.remove(&key);
+            crate::dedup::undo(inner, &rec);
             let grave = inner
                 .layout
                 .tmp
@@ -818,7 +842,10 @@ impl Store {
         }
         crate::fault::point("create.after_index");
         inner.offer(LeaseKind::Work, key);
-        Ok(id)
+        Ok(crate::dedup::Created {
+            id,
+            existing: false,
+        })
     }
 
     /// Fulfils a job without holding its lease (as the seed's `store.fulfill`). Results are
@@ -1004,6 +1031,8 @@ impl Store {
             } else {
                 None
             },
+            group: rec.group.as_deref().and_then(|g| g.parse().ok()),
+            key: rec.key,
         })
     }
 

@@ -44,6 +44,12 @@ pub struct JobJson<'a> {
     /// The latest progress its worker reported, while it runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     progress: Option<&'a Value>,
+    /// The de-duplication key it was created with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    /// The group it was created in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<&'a str>,
 }
 
 impl<'a> JobJson<'a> {
@@ -69,6 +75,8 @@ impl<'a> JobJson<'a> {
                 _ => None,
             },
             progress: info.progress.as_ref(),
+            key: info.key.as_deref(),
+            group: info.group.as_ref().map(|g| g.as_str()),
         }
     }
 }
