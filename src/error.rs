@@ -7,6 +7,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::allocation::JobKey;
+use crate::group::GroupId;
 use crate::id::JobId;
 use crate::instance::InstanceId;
 
@@ -137,6 +138,9 @@ pub enum Error {
     /// Another live process already runs as this instance ([`Store::join`](crate::Store::join)).
     #[error("instance {0} is already joined by a live process")]
     InstanceInUse(InstanceId),
+    /// No job was ever created in this group (or recover removed it, empty).
+    #[error("no such group: {0}")]
+    GroupNotFound(GroupId),
 }
 
 /// Shorthand for results whose error is [`Error`].

@@ -37,6 +37,12 @@ pub(crate) struct JobRecord {
     /// expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pickup_timeout_ms: Option<u64>,
+    /// The de-duplication key it was created with (FORMAT.md §12); kept as text, checked on use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The group it was created in (FORMAT.md §12); kept as text, checked on use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 impl JobRecord {
@@ -223,6 +229,14 @@ pub struct JobInfo {
     /// When a delayed job, or one waiting out a retry's backoff, becomes pullable (by the
     /// clock of the process that set it).
     pub run_at: Option<SystemTime>,
+    /// The latest progress its holder reported
+    /// ([`WorkLease::progress`](crate::WorkLease::progress)), while it is running.
+    pub progress: Option<Value>,
+    /// The de-duplication key it was created with ([`CreateOptions::key`]).
+    pub key: Option<String>,
+    /// The group it was created in ([`CreateOptions::group`]); other groups may list it too
+    /// (a keyed create that returned it as an existing job).
+    pub group: Option<crate::GroupId>,
 }
 
 /// One failed attempt, as kept in a job's history.
@@ -285,6 +299,9 @@ pub struct CreateOptions {
     pub(crate) run_timeout: Option<Duration>,
     pub(crate) deadline: Option<SystemTime>,
     pub(crate) pickup_timeout: Option<Duration>,
+    pub(crate) key: Option<crate::DedupKey>,
+    pub(crate) keep_key: Option<Duration>,
+    pub(crate) group: Option<crate::GroupId>,
 }
 
 impl CreateOptions {
@@ -347,6 +364,70 @@ impl CreateOptions {
     /// A job that no worker has pulled within `limit` of becoming pullable expires.
     pub fn pickup_timeout(mut self, limit: Duration) -> Self {
         self.pickup_timeout = Some(limit);
+        self
+    }
+
+    /// De-duplication (FORMAT.md §12): while a job created with this key has not finished, a
+    /// create with the same key, from any process, makes no job and returns that job's id
+    /// ([`Store::create_keyed`](crate::Store::create_keyed) tells which happened). Once the job
+    /// has finished the key is free again, unless [`keep_key_for`](Self::keep_key_for) keeps it.
+    ///
+    /// ```
+    /// use jobdir::{CreateOptions, DedupKey};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let key = DedupKey::new("resize:/img/a.png")?;
+    /// let a = store.create_with(&"a", CreateOptions::default().key(key.clone()))?;
+    /// let b = store.create_with(&"b", CreateOptions::default().key(key))?;
+    /// assert_eq!(a, b);
+    /// assert_eq!(store.list()?.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn key(mut self, key: crate::DedupKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Keeps the [`key`](Self::key) taken for `ttl` after the job has finished (by the
+    /// finisher's clock): creates with the key meanwhile return the finished job, and share its
+    /// result. Needs a key.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use jobdir::{CreateOptions, DedupKey};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let opts = CreateOptions::default()
+    ///     .key(DedupKey::new("report-2026-11")?)
+    ///     .keep_key_for(Duration::from_secs(600));
+    /// let id = store.create_with(&"x", opts.clone())?;
+    /// store.fulfill(&id, b"done")?;
+    /// let again = store.create_keyed(&"x", opts)?;
+    /// assert!(again.existing);
+    /// assert_eq!(store.result(&again.id)?.unwrap(), b"done");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn keep_key_for(mut self, ttl: Duration) -> Self {
+        self.keep_key = Some(ttl);
+        self
+    }
+
+    /// Creates the job as a member of `group` (FORMAT.md §12), which
+    /// [`Store::wait_group`](crate::Store::wait_group) waits on. With a [`key`](Self::key),
+    /// an existing job returned instead is made a member.
+    ///
+    /// ```
+    /// use jobdir::{CreateOptions, GroupId};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let g = GroupId::new("batch-7")?;
+    /// let a = store.create_with(&1, CreateOptions::default().group(g.clone()))?;
+    /// let b = store.create_with(&2, CreateOptions::default().group(g.clone()))?;
+    /// assert_eq!(store.group_members(&g)?, [a, b]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn group(mut self, group: crate::GroupId) -> Self {
+        self.group = Some(group);
         self
     }
 }

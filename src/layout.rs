@@ -4,7 +4,8 @@
 //! [`JobId`], a number, or a fixed name; no path is ever built from caller text. (Lookup tables
 //! and control messages build their own paths below [`LOOKUPS`] and [`CONTROL`], in `lookup` and
 //! `control`, from a table name checked against a strict alphabet, a SHA-256 hex digest or a
-//! UUID.)
+//! UUID; keys and groups below [`KEYS`] and [`GROUPS`], in `dedup` and `group`, from a SHA-256
+//! hex digest, a record number, a checked group name or a job id.)
 //!
 //! ```text
 //! DIR/jobdir.json                         format marker {"format":"jobdir","version":1}
@@ -28,6 +29,8 @@
 //! DIR/allocations/<xx>/<key>               a sticky allocation of a job key to an instance
 //! DIR/lookups/<table>/<sha256>.json       one lookup entry (key, value) per file; made on first use
 //! DIR/control/<uuid v7>.json              one broadcast control message per file; made on first use
+//! DIR/keys/<xx>/<sha256(key)>/<n>          de-duplication key records; made on first use
+//! DIR/groups/<group>/<id>                  group membership (empty files); made on first use
 //! ```
 //!
 //! Instance names and job keys are validated ([`is_valid_name`]) before any path is built.
@@ -44,7 +47,7 @@ pub(crate) const MARKER: &str = "jobdir.json";
 
 /// Every name that belongs at the top of a store directory. `instances` and `allocations` are
 /// made on first use, not at open (stores made before them keep working, read-only too).
-pub(crate) const TOP_LEVEL: [&str; 12] = [
+pub(crate) const TOP_LEVEL: [&str; 14] = [
     MARKER,
     "tmp",
     "jobs",
@@ -58,7 +61,16 @@ pub(crate) const TOP_LEVEL: [&str; 12] = [
     // Optional, made on first use (FORMAT.md §10, §11).
     LOOKUPS,
     CONTROL,
+    // Optional, made on first use (FORMAT.md §12).
+    KEYS,
+    GROUPS,
 ];
+
+/// The directory of de-duplication keys (optional: made by the first create with a key).
+pub(crate) const KEYS: &str = "keys";
+
+/// The directory of groups (optional: made by the first create in a group).
+pub(crate) const GROUPS: &str = "groups";
 
 /// Longest instance name or job key, in bytes.
 pub(crate) const MAX_NAME: usize = 128;

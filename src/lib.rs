@@ -39,6 +39,15 @@
 //! [`Store::join`], [`Store::allocate`], [`Store::deallocate`], [`Store::jobs`],
 //! [`Store::has_jobs`] and [`Store::instance`].
 //!
+//! A worker can reserve capacity for priority ranges ([`PrioritySlots`], pulled with
+//! [`Store::pull_work_with`] and a [`PullFilter`]), a holder can report progress
+//! ([`WorkLease::progress`], read by [`Store::progress`] and [`Store::get`]), and
+//! [`Store::events`] follows every job's state changes as they happen.
+//! A create can carry a de-duplication key ([`CreateOptions::key`], [`Store::create_keyed`]):
+//! while a job created with that key has not finished, creates with it return that job. Jobs
+//! created in a group ([`CreateOptions::group`]) are waited on together: [`Store::wait_group`],
+//! [`Store::wait_group_each`].
+//!
 //! The on-disk protocol is specified in `docs/FORMAT.md`; the design and its reasons in
 //! `docs/DESIGN.md`.
 
@@ -47,9 +56,12 @@
 mod allocation;
 mod atomic;
 mod control;
+mod dedup;
 mod delayed;
 mod error;
+mod events;
 mod fault;
+mod group;
 mod id;
 mod index;
 mod instance;
@@ -61,6 +73,7 @@ mod notification;
 mod outcome;
 mod recover;
 mod retry;
+mod slots;
 mod store;
 mod watch;
 mod work;
@@ -68,7 +81,10 @@ mod work;
 pub use allocation::{Allocation, AllocationRule, Choice, HashRule, JobKey};
 pub use atomic::Durability;
 pub use control::{CONTROL_TTL, Control, ControlListener, ControlMessage};
+pub use dedup::{Created, DedupKey};
 pub use error::{Error, Result};
+pub use events::{EventKind, EventStream, JobEvent};
+pub use group::GroupId;
 pub use id::JobId;
 pub use instance::{InstanceId, InstanceInfo, Liveness, Presence, Removal};
 pub use job::{AttemptError, Counts, CreateOptions, JobInfo, JobState, JobSummary};
@@ -77,6 +93,7 @@ pub use lease::CompromiseReason;
 pub use notification::NotificationLease;
 pub use recover::{Quarantined, RecoverOptions, RecoveryReport};
 pub use retry::RetryPolicy;
+pub use slots::{PrioritySlots, PullFilter};
 pub use store::{Store, StoreBuilder};
 pub use work::{Failure, WorkLease};
 

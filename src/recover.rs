@@ -96,6 +96,8 @@ pub struct RecoveryReport {
     pub instances_removed: u64,
     /// Control messages older than [`CONTROL_TTL`](crate::CONTROL_TTL) removed.
     pub control_pruned: u64,
+    /// De-duplication keys whose job had finished (or was gone) removed (FORMAT.md §12.6).
+    pub keys_removed: u64,
 }
 
 impl Store {
@@ -138,9 +140,12 @@ impl Store {
         }
         sweep_temp(inner, opts, &mut report)?;
         let notified = sweep_index(inner, true, &mut report)?;
-        sweep_jobs(self, &notified, &mut report)?;
+        sweep_jobs(self, &notified, opts.temp_grace, &mut report)?;
         sweep_index(inner, false, &mut report)?;
         crate::allocation::recover(inner, opts.temp_grace, &mut report)?;
+        // Keys and groups (FORMAT.md §12.6).
+        report.keys_removed = crate::dedup::recover(inner, opts.temp_grace, &mut report)?;
+        crate::group::recover(inner, opts.temp_grace, &mut report)?;
         // Lookup tables and control messages (FORMAT.md §10, §11).
         let (pruned, foreign) = crate::control::recover(self)?;
         report.control_pruned = pruned;
@@ -312,7 +317,12 @@ fn sweep_index(inner: &Inner, first: bool, report: &mut RecoveryReport) -> Resul
     Ok(notified)
 }
 
-fn sweep_jobs(store: &Store, notified: &HashSet<JobId>, report: &mut RecoveryReport) -> Result<()> {
+fn sweep_jobs(
+    store: &Store,
+    notified: &HashSet<JobId>,
+    grace: Duration,
+    report: &mut RecoveryReport,
+) -> Result<()> {
     let inner = &store.inner;
     let layout = &inner.layout;
     let delayed = sweep_delayed(inner, report)?;
@@ -381,6 +391,13 @@ fn sweep_jobs(store: &Store, notified: &HashSet<JobId>, report: &mut RecoveryRep
             } else if !delayed.contains(&id) {
                 let key = pending_key(&id, rec.priority);
                 if !exists(&inner.work.path(&key))? {
+                    // A keyed job is indexed only if its key names it (FORMAT.md §12.6).
+                    match crate::dedup::recover_unindexed(inner, &rec, grace, report)? {
+                        crate::dedup::Unindexed::Index => {}
+                        crate::dedup::Unindexed::Leave | crate::dedup::Unindexed::Quarantined => {
+                            continue;
+                        }
+                    }
                     // A job still waiting for its time (`not_before`, or the `retry_at` of its
                     // last failed attempt) is delayed again, not made pullable early.
                     let (attempts, _) = store.epoch_state(crate::layout::LeaseKind::Work, &id)?;
@@ -396,6 +413,7 @@ fn sweep_jobs(store: &Store, notified: &HashSet<JobId>, report: &mut RecoveryRep
                     report.entries_added += 1;
                 }
             }
+            crate::group::recover_member(inner, &rec, report)?;
         }
     }
     Ok(())

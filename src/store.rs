@@ -22,7 +22,7 @@ use crate::atomic::{AtomicFs, Durability, exists, list_names, read_file, read_fi
 use crate::delayed::{Delayed, ms_of, now_ms};
 use crate::error::{Error, IoContext, Result};
 use crate::id::JobId;
-use crate::index::{Frontier, Index};
+use crate::index::{ClassRange, Frontiers, Index};
 use crate::job::{Counts, CreateOptions, JobInfo, JobRecord, JobState, JobSummary, rfc3339};
 use crate::layout::{
     FORMAT_VERSION, Layout, LeaseKind, MARKER, bucket, parse_epoch, parse_lease_name,
@@ -215,7 +215,7 @@ pub(crate) struct Inner {
 }
 
 struct FrontierState {
-    frontier: Frontier,
+    frontier: Frontiers,
     last_refresh: Instant,
 }
 
@@ -307,7 +307,13 @@ impl Inner {
     /// and handles lease files whose holder closed them (ended or died). `refreshed` is owned
     /// by one pull: the disk is re-read at most once per pull, so a pull whose every candidate
     /// is busy ends instead of meeting the same candidates again.
-    pub(crate) fn next_key(&self, kind: LeaseKind, refreshed: &mut bool) -> Result<Option<String>> {
+    /// Only keys whose priority class lies in `range` are returned (FORMAT.md §13.4).
+    pub(crate) fn next_key(
+        &self,
+        kind: LeaseKind,
+        refreshed: &mut bool,
+        range: &ClassRange,
+    ) -> Result<Option<String>> {
         let (inbox, closed) = {
             let mut st = self.signals.lock();
             let inbox = match kind {
@@ -334,13 +340,13 @@ impl Inner {
             fr.last_refresh = Instant::now();
             *refreshed = true;
         }
-        let next = fr.frontier.next(index, &mut watch)?;
+        let next = fr.frontier.next_in(index, &mut watch, range)?;
         if next.is_none() && !watch.active() && !*refreshed {
             // Without file events, an empty frontier says nothing: look at the disk.
             fr.frontier.refresh();
             fr.last_refresh = Instant::now();
             *refreshed = true;
-            return fr.frontier.next(index, &mut watch);
+            return fr.frontier.next_in(index, &mut watch, range);
         }
         Ok(next)
     }
@@ -420,12 +426,22 @@ impl Store {
     pub(crate) fn pull_next<T>(
         &self,
         kind: LeaseKind,
+        try_one: impl FnMut(&str) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
+        self.pull_next_in(kind, &ClassRange::all(), try_one)
+    }
+
+    /// [`pull_next`](Self::pull_next) limited to the index keys whose class lies in `range`.
+    pub(crate) fn pull_next_in<T>(
+        &self,
+        kind: LeaseKind,
+        range: &ClassRange,
         mut try_one: impl FnMut(&str) -> Result<Option<T>>,
     ) -> Result<Option<T>> {
         let mut last_err = None;
         let mut refreshed = false;
         loop {
-            let Some(key) = self.inner.next_key(kind, &mut refreshed)? else {
+            let Some(key) = self.inner.next_key(kind, &mut refreshed, range)? else {
                 return match last_err {
                     Some(e) => Err(e),
                     None => Ok(None),
@@ -637,11 +653,11 @@ impl Store {
             signals,
             watch: Mutex::new(watch),
             work_frontier: Mutex::new(FrontierState {
-                frontier: Frontier::default(),
+                frontier: Frontiers::default(),
                 last_refresh: now,
             }),
             notify_frontier: Mutex::new(FrontierState {
-                frontier: Frontier::default(),
+                frontier: Frontiers::default(),
                 last_refresh: now,
             }),
             observations: Mutex::new(Observations::default()),
@@ -699,11 +715,20 @@ impl Store {
         request: &T,
         opts: CreateOptions,
     ) -> Result<JobId> {
-        let inner = &self.inner;
         let request = serde_json::to_value(request).map_err(|source| Error::Encode {
             what: "request",
             source,
         })?;
+        self.create_inner(request, opts).map(|c| c.id)
+    }
+
+    /// The body of `create_with` and `create_keyed` (keys and groups: `dedup.rs`, FORMAT.md §12).
+    pub(crate) fn create_inner(
+        &self,
+        request: Value,
+        opts: CreateOptions,
+    ) -> Result<crate::dedup::Created> {
+        let inner = &self.inner;
         let size = serde_json::to_vec(&request)
             .map_err(|source| Error::Encode {
                 what: "request",
@@ -716,6 +741,10 @@ impl Store {
                 size,
                 limit: inner.opts.max_request_bytes,
             });
+        }
+        // A key held by an unfinished job: return it, write nothing (FORMAT.md §12.4 step 1a).
+        if let Some(held) = crate::dedup::before_create(self, &opts)? {
+            return Ok(held);
         }
         let mut id = JobId::generate();
         while inner.check_shard(&id).is_err() {
@@ -733,6 +762,8 @@ impl Store {
             run_timeout_ms: opts.run_timeout.map(|d| d.as_millis() as u64),
             deadline: opts.deadline.map(rfc3339),
             pickup_timeout_ms: opts.pickup_timeout.map(|d| d.as_millis() as u64),
+            key: opts.key.as_ref().map(|k| k.as_str().to_string()),
+            group: opts.group.as_ref().map(|g| g.as_str().to_string()),
         };
         let bytes = serde_json::to_vec(&rec).map_err(|source| Error::Encode {
             what: "job",
@@ -762,6 +793,10 @@ impl Store {
         }
         let _ = staging.keep();
         crate::fault::point("create.after_rename");
+        // Claim the key and join the group before any index entry (FORMAT.md §12.4 steps 6a-6b).
+        if let Some(held) = crate::dedup::after_rename(self, &rec, &opts)? {
+            return Ok(held);
+        }
         if let Some(at) = run_at {
             // A delayed job: its only index entry is in `delayed/` until it is due.
             let due = ms_of(at);
@@ -771,6 +806,7 @@ impl Store {
                 inner.delayed.add(&inner.fs, due, &class, &id)
             });
             if let Err(e) = indexed {
+                crate::dedup::undo(inner, &rec);
                 let grave = inner
                     .layout
                     .tmp
@@ -781,7 +817,10 @@ impl Store {
                 return Err(e);
             }
             inner.note_due(due);
-            return Ok(id);
+            return Ok(crate::dedup::Created {
+                id,
+                existing: false,
+            });
         }
         let key = pending_key(&id, rec.priority);
         // Both new names (the job directory, its index entry) are made first and their two
@@ -797,6 +836,7 @@ impl Store {
         if let Err(e) = indexed {
             // Not acknowledged: take the job back out, so a caller that retries makes no twin.
             let _ = inner.work.remove(&key);
+            crate::dedup::undo(inner, &rec);
             let grave = inner
                 .layout
                 .tmp
@@ -808,7 +848,10 @@ impl Store {
         }
         crate::fault::point("create.after_index");
         inner.offer(LeaseKind::Work, key);
-        Ok(id)
+        Ok(crate::dedup::Created {
+            id,
+            existing: false,
+        })
     }
 
     /// Fulfils a job without holding its lease (as the seed's `store.fulfill`). Results are
@@ -988,6 +1031,14 @@ impl Store {
             error,
             errors,
             run_at,
+            // Progress (FORMAT.md §13.1): only the current attempt's, only while it runs.
+            progress: if state == JobState::Running {
+                crate::work::read_progress(inner, id, attempts)
+            } else {
+                None
+            },
+            group: rec.group.as_deref().and_then(|g| g.parse().ok()),
+            key: rec.key,
         })
     }
 

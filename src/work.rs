@@ -382,7 +382,7 @@ impl Store {
         self.pull_next(LeaseKind::Work, |key| self.try_work(key))
     }
 
-    fn try_work(&self, key: &str) -> Result<Option<WorkLease>> {
+    pub(crate) fn try_work(&self, key: &str) -> Result<Option<WorkLease>> {
         let inner = &self.inner;
         let Some(id) = split_key(key).and_then(|(_, _, n)| n.parse::<JobId>().ok()) else {
             return Ok(None); // foreign entry: recover quarantines it
@@ -453,6 +453,105 @@ impl Store {
     pub fn pull_work_timeout(&self, timeout: Duration) -> Result<Option<WorkLease>> {
         self.pull_blocking(Channel::Work, timeout, || self.pull_work())
     }
+}
+
+// ---- Progress (issue 6 item 8; FORMAT.md §13.1) -------------------------------------------
+
+/// The largest progress record [`WorkLease::progress`] writes (its compact JSON).
+pub(crate) const PROGRESS_LIMIT: usize = 64 * 1024;
+
+impl WorkLease {
+    /// Reports progress: `value` (as compact JSON, at most 64 KiB) replaces the job's progress
+    /// record, shown by [`Store::get`] in [`JobInfo::progress`](crate::JobInfo::progress) while
+    /// the job runs. Written as a temporary in `tmp/` renamed into this lease's `held/` (no
+    /// fsync: progress does not outlive its holder), so it is fenced like
+    /// [`fulfill`](Self::fulfill): refused with [`Error::LeaseLost`] once the lease is lost.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let id = store.create(&"long job")?;
+    /// let job = store.pull_work()?.unwrap();
+    /// job.progress(&serde_json::json!({"pct": 50}))?;
+    /// assert_eq!(store.get(&id)?.progress, Some(serde_json::json!({"pct": 50})));
+    /// job.fulfill(b"done")?;
+    /// assert_eq!(store.get(&id)?.progress, None); // shown only while running
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn progress<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value).map_err(|source| Error::Encode {
+            what: "progress",
+            source,
+        })?;
+        if bytes.len() > PROGRESS_LIMIT {
+            return Err(Error::TooLarge {
+                what: "progress",
+                size: bytes.len(),
+                limit: PROGRESS_LIMIT,
+            });
+        }
+        let st = &self.state;
+        st.check_live()?;
+        let tmp = self.store.inner.fs_volatile().temp_file(&bytes)?;
+        let dest = st.held.join(PROGRESS_FILE);
+        match tmp.persist(&dest) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error.kind() == io::ErrorKind::NotFound => {
+                st.compromise();
+                Err(Error::LeaseLost(st.id))
+            }
+            Err(e) => Err(e.error).ctx("rename progress into", &dest),
+        }
+    }
+}
+
+/// The progress record's name inside `held/`.
+pub(crate) const PROGRESS_FILE: &str = "progress.json";
+
+impl Store {
+    /// The latest progress reported for the job's current attempt while it runs (`None` when it
+    /// is not running, or its holder reported none). Reads one small file; changes nothing.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let id = store.create(&"x")?;
+    /// assert_eq!(store.progress(&id)?, None);
+    /// let job = store.pull_work()?.unwrap();
+    /// job.progress(&[1, 10])?;
+    /// assert_eq!(store.progress(&id)?, Some(serde_json::json!([1, 10])));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn progress(&self, id: &JobId) -> Result<Option<Value>> {
+        let inner = &self.inner;
+        inner.read_record(id)?; // NotFound, and a bad shard, as for `get`
+        let epoch = max_epoch(inner, id)?;
+        if epoch == 0 || !exists(&inner.layout.held_dir(LeaseKind::Work, id, epoch))? {
+            return Ok(None);
+        }
+        Ok(read_progress(inner, id, epoch))
+    }
+}
+
+/// The highest work epoch of a job (its attempts; 0 if it was never claimed).
+pub(crate) fn max_epoch(inner: &Inner, id: &JobId) -> Result<u64> {
+    Ok(
+        crate::atomic::list_names(&inner.layout.claims_dir(LeaseKind::Work, id))?
+            .iter()
+            .filter_map(|n| crate::layout::parse_epoch(n))
+            .max()
+            .unwrap_or(0),
+    )
+}
+
+/// The progress record of a running job's current attempt, if it has a readable one.
+pub(crate) fn read_progress(inner: &Inner, id: &JobId, epoch: u64) -> Option<Value> {
+    let path = inner
+        .layout
+        .held_dir(LeaseKind::Work, id, epoch)
+        .join(PROGRESS_FILE);
+    let bytes = crate::atomic::read_file(&path, PROGRESS_LIMIT as u64).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Makes sure a fulfilled job's waiting targets are indexed for notification.

@@ -404,7 +404,7 @@ fn corrupt(ctx: &mut Ctx, what: u8, mut r: Reader<'_>, flags: u8) -> Option<fs::
         }
         // A top-level name.
         _ => {
-            const KNOWN: [&str; 12] = [
+            const KNOWN: [&str; 14] = [
                 "jobdir.json",
                 "tmp",
                 "jobs",
@@ -417,6 +417,8 @@ fn corrupt(ctx: &mut Ctx, what: u8, mut r: Reader<'_>, flags: u8) -> Option<fs::
                 "allocations",
                 "lookups",
                 "control",
+                "keys",
+                "groups",
             ];
             let pick = r.byte();
             let kind = r.byte();

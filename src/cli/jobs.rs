@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, ValueEnum};
-use jobdir::{CreateOptions, Error, JobState, RetryPolicy};
+use jobdir::{CreateOptions, DedupKey, Error, GroupId, JobState, RetryPolicy};
 
 use super::output::{print_job, print_raw};
 use super::{EXIT_NOT_FULFILLED, args, fail, open, open_existing, open_for_job};
@@ -42,6 +42,22 @@ pub struct CreateArgs {
     /// A job no worker pulled within this long (after it became pullable) expires
     #[arg(long, value_name = "DURATION", value_parser = args::duration)]
     pickup_timeout: Option<Duration>,
+    /// De-duplication key: while a job created with KEY has not finished, print its id and
+    /// make no job (any text of 1 to 1024 bytes without control characters)
+    #[arg(long, value_name = "KEY")]
+    key: Option<String>,
+    /// Keep KEY taken this long after the job has finished (`10m`, `1h`): creates meanwhile
+    /// print the finished job's id
+    #[arg(long, value_name = "DURATION", value_parser = args::duration, requires = "key")]
+    keep_key: Option<Duration>,
+    /// Create the job in this group (see `wait-group`); with --key, an existing job printed
+    /// instead joins the group
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
+    /// Print {"id":..,"existing":..} instead of the id alone (existing: true when --key
+    /// found a job and none was made)
+    #[arg(long)]
+    json: bool,
     /// The request as JSON; read from stdin when absent or `-`
     #[arg(value_name = "REQUEST", allow_negative_numbers = true)]
     request: Option<String>,
@@ -162,9 +178,25 @@ pub fn create(dir: &Path, a: CreateArgs) -> anyhow::Result<()> {
     if let Some(d) = a.pickup_timeout {
         opts = opts.pickup_timeout(d);
     }
+    // Keys and groups (FORMAT.md §12), checked before the store is opened.
+    if let Some(k) = a.key {
+        opts = opts.key(DedupKey::new(k)?);
+    }
+    if let Some(ttl) = a.keep_key {
+        opts = opts.keep_key_for(ttl);
+    }
+    if let Some(g) = a.group {
+        opts = opts.group(GroupId::new(g)?);
+    }
     let store = open(dir)?;
-    let id = store.create_with(&request, opts)?;
-    writeln!(io::stdout().lock(), "{id}")?;
+    let created = store.create_keyed(&request, opts)?;
+    let mut out = io::stdout().lock();
+    if a.json {
+        serde_json::to_writer(&mut out, &created)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{}", created.id)?;
+    }
     Ok(())
 }
 

@@ -9,6 +9,8 @@ mod args;
 mod child;
 mod control;
 mod demo;
+mod events;
+mod groups;
 mod instances;
 mod jobs;
 mod log;
@@ -16,6 +18,7 @@ mod lookup;
 mod notify;
 mod output;
 mod pool;
+mod progress;
 mod shutdown;
 mod status;
 mod work;
@@ -55,7 +58,7 @@ const DEFAULT_DIR: &str = ".jobdir";
         several hosts sharing a filesystem, can create jobs, run workers and deliver results, and \
         carry on after any of them crashes.\n\n\
         Start with `jobdir demo`. Exit status: 0 success, 1 failure, 2 bad usage or input, \
-        3 no such job (or allocation), 4 job not fulfilled yet (`result`), 5 job finished without a result (failed, cancelled, expired: `result`, `wait`), 124 timeout.",
+        3 no such job (or allocation, or group), 4 job not fulfilled yet (`result`), 5 job finished without a result (failed, cancelled, expired: `result`, `wait`), 124 timeout.",
     after_help = "The store is created on first use. Logs go to stderr (-v, -vv, or RUST_LOG)."
 )]
 struct Cli {
@@ -77,7 +80,12 @@ enum Command {
     #[command(
         long_about = "Create a job from a JSON request and print its id alone on one line.\n\n\
             The request is read from the REQUEST argument, or from stdin when it is absent or `-`. \
-            The job is durable (fsynced) when the id is printed."
+            The job is durable (fsynced) when the id is printed.\n\n\
+            With --key KEY, while a job created with the same key has not finished (or, with \
+            --keep-key, finished less than that long ago), no job is made and that job's id is \
+            printed instead, exit 0 (--json tells which: {\"id\":..,\"existing\":true}); \
+            processes creating with one key at once all print the same id. --group GROUP makes \
+            the job a member of GROUP, for `jobdir wait-group`."
     )]
     Create(jobs::CreateArgs),
     /// Print everything known about a job as one JSON object
@@ -85,7 +93,7 @@ enum Command {
         long_about = "Print everything known about a job as one JSON object: id, state (pending, \
             running, fulfilled), priority, request, attempts, created_at, waiting (notification \
             targets) and, once fulfilled, fulfilled_at and the result (`result` when it is UTF-8 \
-            text, else `result_base64`)."
+            text, else `result_base64`); while it runs, the latest `progress` its worker reported; `key` and `group` when it was created with them."
     )]
     Get(jobs::IdArg),
     /// Print a fulfilled job's result bytes exactly (exit 4 if not fulfilled yet)
@@ -145,6 +153,9 @@ enum Command {
             run out of inodes. Prints how many jobs were removed."
     )]
     Prune(jobs::PruneArgs),
+    /// Print one JSON line per job state change, as it happens
+    #[command(long_about = events::LONG_ABOUT)]
+    Events(events::EventsArgs),
     /// Reclaim dead workers' leases, quarantine foreign files, remove stale temporaries
     #[command(long_about = status::RECOVER_ABOUT)]
     Recover(status::RecoverArgs),
@@ -179,6 +190,12 @@ enum Command {
             same job at once agree. Exits 1 if no instance is available."
     )]
     Allocate(instances::AllocateArgs),
+    /// Wait until every job of a group has finished, printing one JSON line per job
+    #[command(long_about = groups::WAIT_GROUP_ABOUT)]
+    WaitGroup(groups::WaitGroupArgs),
+    /// Groups of jobs (`create --group`): ls
+    #[command(subcommand)]
+    Group(groups::GroupCommand),
     /// Remove a job's allocation (exit 3 if it has none)
     Deallocate(instances::JobArg),
     /// Print the instance a job is allocated to (exit 3 if none); allocates nothing
@@ -275,7 +292,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
                 | Error::InvalidOption(_)
                 | Error::TooLarge { .. }
                 | Error::Encode { .. } => EXIT_USAGE,
-                Error::NotFound(_) => EXIT_NOT_FOUND,
+                Error::NotFound(_) | Error::GroupNotFound(_) => EXIT_NOT_FOUND,
                 Error::Timeout => EXIT_TIMEOUT,
                 Error::Unfulfilled { .. } => EXIT_UNFULFILLED,
                 _ => EXIT_FAILURE,
@@ -305,6 +322,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Remove(a) => jobs::remove(&dir, a),
         Command::Prune(a) => jobs::prune(&dir, a),
         Command::Recover(a) => status::recover(&dir, a),
+        Command::Events(a) => events::run(&dir, a),
         Command::Pool(a) => pool::run(&dir, cli.verbose, a),
         Command::Lookup(a) => lookup::lookup(&dir, a),
         Command::Broadcast(a) => lookup::broadcast(&dir, a),
@@ -312,6 +330,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::DemoWorker(a) => demo::worker(&dir, a),
         Command::Instance(c) => instances::instance(&dir, c),
         Command::Allocate(a) => instances::allocate(&dir, a),
+        Command::WaitGroup(a) => groups::wait_group(&dir, a),
+        Command::Group(c) => groups::group(&dir, c),
         Command::Deallocate(a) => instances::deallocate(&dir, a),
         Command::Allocation(a) => instances::allocation(&dir, a),
     }

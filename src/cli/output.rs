@@ -41,6 +41,15 @@ pub struct JobJson<'a> {
     /// The result, base64-encoded, when it is not UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
     result_base64: Option<String>,
+    /// The latest progress its worker reported, while it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<&'a Value>,
+    /// The de-duplication key it was created with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    /// The group it was created in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<&'a str>,
 }
 
 impl<'a> JobJson<'a> {
@@ -65,6 +74,9 @@ impl<'a> JobJson<'a> {
                 (Some(b), None) => Some(base64::engine::general_purpose::STANDARD.encode(b)),
                 _ => None,
             },
+            progress: info.progress.as_ref(),
+            key: info.key.as_deref(),
+            group: info.group.as_ref().map(|g| g.as_str()),
         }
     }
 }

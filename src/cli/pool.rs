@@ -83,6 +83,12 @@ pub struct PoolArgs {
     /// Lease length in seconds (see `jobdir work --help`)
     #[arg(long, value_name = "SECONDS", value_parser = args::seconds)]
     lease: Option<Duration>,
+    /// Priority slots of each worker, among its --concurrency slots (see `jobdir work --help`)
+    #[arg(long, value_name = "P:S,...", allow_hyphen_values = true)]
+    priority_slots: Option<String>,
+    /// With --priority-slots: borrow only from the lowest range (see `jobdir work --help`)
+    #[arg(long, requires = "priority_slots")]
+    strict_slots: bool,
     /// Each worker exits once no job is pending or running; the pool exits when all have
     #[arg(long)]
     until_empty: bool,
@@ -216,6 +222,12 @@ impl Launch {
         if a.until_empty {
             cmd.arg("--until-empty");
         }
+        if let Some(spec) = &a.priority_slots {
+            cmd.arg("--priority-slots").arg(spec);
+            if a.strict_slots {
+                cmd.arg("--strict-slots");
+            }
+        }
         cmd.arg("--")
             .args(&a.run.program)
             .stdin(Stdio::null())
@@ -318,6 +330,11 @@ fn signal(child: &Child, sig: libc::c_int) {
 }
 
 pub fn run(dir: &Path, verbose: u8, a: PoolArgs) -> anyhow::Result<()> {
+    if let Some(spec) = &a.priority_slots {
+        // Refused here, before any worker starts (each would fail the same way).
+        jobdir::PrioritySlots::parse(a.concurrency as usize, spec, a.strict_slots)
+            .map_err(|e| super::usage(format!("--priority-slots: {e}")))?;
+    }
     Program::resolve(&a.run.program)?;
     let store = open(dir)?;
     // A `control/` that cannot be read costs the drain message (with a warning), not the pool.

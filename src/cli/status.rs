@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use jobdir::{Counts, RecoverOptions, RecoveryReport};
+use jobdir::{Counts, JobState, RecoverOptions, RecoveryReport, Store};
 use serde::Serialize;
 
 use super::output::human;
@@ -22,7 +22,10 @@ pub const STATUS_ABOUT: &str = "Show how many jobs are pending, delayed, running
     --json prints one object with the keys pending, running, fulfilled, notifications, \
     quarantined and oldest_pending_age_seconds (a number, or null when nothing is pending), \
     and delayed, failed, cancelled and expired when some job is in that state (the text \
-    output shows those lines likewise only when not zero). --watch redraws every second until interrupted.";
+    output shows those lines likewise only when not zero). --watch redraws every second until interrupted.\n\n\
+    --progress (implied by --watch in text form) adds the running jobs, one line each with \
+    the latest progress its worker reported (`-` when none), at most 20; with --json it adds \
+    the key running_jobs: [{\"id\":..,\"progress\":<JSON or null>}, ...] (all of them).";
 
 pub const RECOVER_ABOUT: &str = "Repair the store now: end the leases of dead holders (their \
     jobs are pending again), quarantine corrupt or foreign files with the reason (moved to \
@@ -35,9 +38,12 @@ pub struct StatusArgs {
     /// Print one JSON object
     #[arg(long)]
     json: bool,
-    /// Redraw every second until interrupted
+    /// Redraw every second until interrupted (text: with the running jobs' progress)
     #[arg(long)]
     watch: bool,
+    /// Also show each running job's latest progress
+    #[arg(long)]
+    progress: bool,
 }
 
 #[derive(Args, Debug)]
@@ -67,7 +73,20 @@ struct StatusJson {
     notifications: u64,
     quarantined: u64,
     oldest_pending_age_seconds: Option<f64>,
+    /// With `--progress` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    running_jobs: Option<Vec<RunningJson>>,
 }
+
+/// A running job and its latest progress (`status --progress`).
+#[derive(Serialize)]
+struct RunningJson {
+    id: String,
+    progress: Option<serde_json::Value>,
+}
+
+/// Most running jobs listed in the text output.
+const RUNNING_SHOWN: usize = 20;
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
@@ -88,14 +107,65 @@ impl From<&Counts> for StatusJson {
             oldest_pending_age_seconds: c
                 .oldest_pending_age
                 .map(|d| (d.as_millis() as f64) / 1000.0),
+            running_jobs: None,
         }
     }
 }
 
-fn render(c: &Counts, json: bool) -> anyhow::Result<String> {
-    if json {
-        return Ok(serde_json::to_string(&StatusJson::from(c))?);
+/// The running jobs and their progress, in creation order (reads every job's state, as
+/// `jobdir ls` does, then one small file per running job; changes nothing).
+fn running_jobs(store: Option<&Store>) -> anyhow::Result<Vec<RunningJson>> {
+    let Some(store) = store else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for job in store.list()? {
+        if job.state != JobState::Running {
+            continue;
+        }
+        let progress = match store.progress(&job.id) {
+            Ok(p) => p,
+            Err(jobdir::Error::NotFound(_)) => continue, // removed meanwhile
+            Err(e) => return Err(e.into()),
+        };
+        out.push(RunningJson {
+            id: job.id.to_string(),
+            progress,
+        });
     }
+    Ok(out)
+}
+
+fn render(c: &Counts, json: bool, running: Option<Vec<RunningJson>>) -> anyhow::Result<String> {
+    if json {
+        let mut j = StatusJson::from(c);
+        j.running_jobs = running;
+        return Ok(serde_json::to_string(&j)?);
+    }
+    let mut text = render_counts(c);
+    if let Some(running) = running {
+        text.push_str("\nrunning jobs");
+        if running.is_empty() {
+            text.push_str("    -");
+        }
+        for r in running.iter().take(RUNNING_SHOWN) {
+            let p = r
+                .progress
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |v| v.to_string());
+            text.push_str(&format!("\n  {}  {p}", r.id));
+        }
+        if running.len() > RUNNING_SHOWN {
+            text.push_str(&format!(
+                "\n  ... and {} more",
+                running.len() - RUNNING_SHOWN
+            ));
+        }
+    }
+    Ok(text)
+}
+
+fn render_counts(c: &Counts) -> String {
     let oldest = c.oldest_pending_age.map_or_else(|| "-".to_string(), human);
     // The issue-6 states appear only when some job is in them, so that the output of a store
     // that does not use them is what it always was.
@@ -106,7 +176,7 @@ fn render(c: &Counts, json: bool) -> anyhow::Result<String> {
             format!("{name:<16}{n}\n")
         }
     };
-    Ok(format!(
+    format!(
         "pending         {}\n\
          {}running         {}\n\
          fulfilled       {}\n\
@@ -122,7 +192,7 @@ fn render(c: &Counts, json: bool) -> anyhow::Result<String> {
         extra("expired", c.expired),
         c.notifications,
         c.quarantined
-    ))
+    )
 }
 
 pub fn status(dir: &Path, a: StatusArgs) -> anyhow::Result<()> {
@@ -133,15 +203,28 @@ pub fn status(dir: &Path, a: StatusArgs) -> anyhow::Result<()> {
             None => Ok(Counts::default()),
         }
     };
+    // Progress only when asked for (`--watch` asks in text form), so the JSON stays the same.
+    let with_progress = a.progress || (a.watch && !a.json);
+    let running = || -> anyhow::Result<Option<Vec<RunningJson>>> {
+        if with_progress {
+            Ok(Some(running_jobs(store.as_ref())?))
+        } else {
+            Ok(None)
+        }
+    };
     if !a.watch {
-        writeln!(io::stdout().lock(), "{}", render(&counts()?, a.json)?)?;
+        writeln!(
+            io::stdout().lock(),
+            "{}",
+            render(&counts()?, a.json, running()?)?
+        )?;
         return Ok(());
     }
     let shutdown = Shutdown::register(Duration::ZERO)?;
     let redraw = io::stdout().is_terminal() && !a.json;
     while !shutdown.requested() {
         let started = Instant::now();
-        let text = render(&counts()?, a.json)?;
+        let text = render(&counts()?, a.json, running()?)?;
         let mut out = io::stdout().lock();
         if redraw {
             // Clear the screen and home the cursor, then draw.

@@ -18,19 +18,20 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use jobdir::{Error, Failure, Store, WorkLease};
+use jobdir::{Error, Failure, PrioritySlots, Store, WorkLease};
 
 use super::child::{self, Outcome, Program, Stop};
 use super::control::WorkerControl;
 use super::output::human;
 use super::pool::{Reporter, WorkerStats};
+use super::progress::ProgressDir;
 use super::shutdown::Shutdown;
-use super::{args, log};
+use super::{args, log, usage};
 
 pub const LONG_ABOUT: &str = "Pull jobs and run PROGRAM once per job.\n\n\
     PROGRAM gets the request JSON on stdin and JOBDIR_JOB_ID, JOBDIR_DIR (and JOBDIR, the \
-    same store, so that PROGRAM can run `jobdir lookup get`), JOBDIR_ATTEMPT and \
-    JOBDIR_CONTROL in its environment; its stderr is passed through. Exit 0: the job is \
+    same store, so that PROGRAM can run `jobdir lookup get`), JOBDIR_ATTEMPT, \
+    JOBDIR_CONTROL and JOBDIR_PROGRESS in its environment; its stderr is passed through. Exit 0: the job is \
     fulfilled with PROGRAM's stdout. Any other exit, or death by a signal: the attempt fails, \
     with the end of PROGRAM's stderr (up to 2 KiB) as its error, and the job's retry policy \
     decides (`jobdir create --max-attempts --backoff`; default 5 attempts, backoff from 1 s \
@@ -40,6 +41,15 @@ pub const LONG_ABOUT: &str = "Pull jobs and run PROGRAM once per job.\n\n\
     (SIGTERM, then SIGKILL 5 s later) and its output is not stored.\n\n\
     SIGINT or SIGTERM: stop pulling, let running programs finish for up to --grace seconds, \
     then terminate them and release their jobs; exit 0.\n\n\
+    Progress: PROGRAM may write JSON lines to the file named by JOBDIR_PROGRESS (`echo \
+    '{\"pct\":50}' >> \"$JOBDIR_PROGRESS\"`); the latest complete line is the job's progress, \
+    shown by `jobdir get` and `jobdir status --progress` while it runs.\n\n\
+    Priority slots: --priority-slots P:S,... reserves S of the --concurrency slots for \
+    priorities from P up (to the next P); priorities below the lowest P share the slots left \
+    over. A job may use the slots of its own range and of every lower range, never a higher \
+    one's; with --strict-slots only its own and the lowest range's. Example: --concurrency 100 \
+    --priority-slots 1:30,2:20 runs at most 50 jobs of priority < 1, 80 of priority < 2, and \
+    100 in all (strict: 50, 80 and 70 of priority >= 2).\n\n\
     Control messages (`jobdir broadcast`): pause stops pulling once running jobs finish, until \
     resume (also when the pause was sent before this worker started); drain (or SIGUSR1) lets \
     running jobs finish, then exits 0; any other JSON message is appended as one line \
@@ -50,6 +60,9 @@ pub const LONG_ABOUT: &str = "Pull jobs and run PROGRAM once per job.\n\n\
 
 /// How long one pull waits for a job before the runner looks at its flags again.
 const PULL_SLICE: Duration = Duration::from_millis(200);
+/// The same with priority slots: a slot freed while a pull waits widens the next pull's
+/// priorities, so the wait is shorter.
+const SLOT_SLICE: Duration = Duration::from_millis(100);
 /// Consecutive store errors a worker thread tolerates (with a pause between) before giving up.
 const MAX_STORE_ERRORS: u32 = 5;
 
@@ -72,6 +85,14 @@ pub struct WorkArgs {
     /// Stop after running PROGRAM this many times
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_jobs: Option<u64>,
+    /// Reserve slots for priority ranges: P:S,... gives priorities from P up (to the next P) S
+    /// of the --concurrency slots; lower ranges never take them
+    #[arg(long, value_name = "P:S,...", allow_hyphen_values = true)]
+    priority_slots: Option<String>,
+    /// With --priority-slots: a range beyond its own slots borrows only from the lowest range
+    /// (proletariat's SACRED_GUARANTEES), so every other range keeps its slots
+    #[arg(long, requires = "priority_slots")]
+    strict_slots: bool,
     /// Run as worker N of `jobdir pool` (internal): statistics on stdout, no progress bar
     #[arg(long, value_name = "N", hide = true)]
     pool_worker: Option<u64>,
@@ -97,9 +118,81 @@ struct Runner {
     running: AtomicU64,
     /// As a `jobdir pool` worker: the statistics pipe to the pool (stdout).
     reporter: Option<Mutex<Reporter>>,
+    /// `--priority-slots`: which priorities each pull may take.
+    slots: Option<SlotGate>,
+    /// Where each job's `JOBDIR_PROGRESS` file lives.
+    progress: ProgressDir,
+}
+
+/// Priority slots as the worker threads share them (DESIGN.md §3.14): one thread pulls at a
+/// time, with the priorities the running counts allow, and counts the job it got before the
+/// next thread looks. Counts only fall meanwhile, so no range ever runs past its limit.
+struct SlotGate {
+    slots: PrioritySlots,
+    running: Mutex<Vec<usize>>,
+    turn: Mutex<()>,
+}
+
+/// A slot taken by one job, given back on drop.
+struct Slot<'a> {
+    gate: &'a SlotGate,
+    range: usize,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut running = self
+            .gate
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = running.get_mut(self.range) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl SlotGate {
+    fn new(slots: PrioritySlots) -> SlotGate {
+        SlotGate {
+            running: Mutex::new(vec![0; slots.ranges()]),
+            slots,
+            turn: Mutex::new(()),
+        }
+    }
+
+    /// Pulls a job whose priority range may start one now, and takes its slot.
+    fn pull(&self, store: &Store, wait: Duration) -> jobdir::Result<Option<(WorkLease, Slot<'_>)>> {
+        let _turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
+        let filters = {
+            let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            self.slots.filters(&running)
+        };
+        if filters.is_empty() {
+            // Every slot is taken (cannot happen with one thread per slot): look again later.
+            thread::sleep(wait);
+            return Ok(None);
+        }
+        let Some(lease) = store.pull_work_timeout_among(&filters, wait)? else {
+            return Ok(None);
+        };
+        let range = self.slots.range_of(lease.priority());
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = running.get_mut(range) {
+            *n += 1;
+        }
+        Ok(Some((lease, Slot { gate: self, range })))
+    }
 }
 
 pub fn run(dir: &Path, a: WorkArgs) -> anyhow::Result<()> {
+    let slots = match &a.priority_slots {
+        Some(spec) => Some(
+            PrioritySlots::parse(a.concurrency as usize, spec, a.strict_slots)
+                .map_err(|e| usage(format!("--priority-slots: {e}")))?,
+        ),
+        None => None,
+    };
     let program = Program::resolve(&a.run.program)?;
     let mut builder = Store::builder(dir);
     if let Some(lease) = a.lease {
@@ -126,6 +219,8 @@ pub fn run(dir: &Path, a: WorkArgs) -> anyhow::Result<()> {
         control,
         running: AtomicU64::new(0),
         reporter: a.pool_worker.map(|_| Mutex::new(Reporter::default())),
+        slots: slots.map(SlotGate::new),
+        progress: ProgressDir::new(),
     };
     runner.report(false);
     thread::scope(|s| {
@@ -208,11 +303,19 @@ impl Runner {
             {
                 return;
             }
-            let pulled = self.store.pull_work_timeout(PULL_SLICE);
-            let lease = match pulled {
-                Ok(Some(lease)) => {
+            let pulled = match &self.slots {
+                Some(gate) => gate
+                    .pull(&self.store, SLOT_SLICE)
+                    .map(|p| p.map(|(l, s)| (l, Some(s)))),
+                None => self
+                    .store
+                    .pull_work_timeout(PULL_SLICE)
+                    .map(|l| l.map(|l| (l, None))),
+            };
+            let (lease, _slot) = match pulled {
+                Ok(Some((lease, slot))) => {
                     errors = 0;
-                    lease
+                    (lease, slot)
                 }
                 Ok(None) => {
                     errors = 0;
@@ -289,15 +392,28 @@ impl Runner {
         };
         let id_text = id.to_string();
         let attempt = lease.attempt().to_string();
-        let env: [(&str, &OsStr); 5] = [
+        let mut progress = self.progress.file(&id_text);
+        let mut env: Vec<(&str, &OsStr)> = vec![
             ("JOBDIR_JOB_ID", OsStr::new(&id_text)),
             ("JOBDIR_DIR", &self.dir),
             ("JOBDIR", &self.dir),
             ("JOBDIR_ATTEMPT", OsStr::new(&attempt)),
             ("JOBDIR_CONTROL", self.control.channel_path().as_os_str()),
         ];
+        let progress_path = progress.as_ref().map(|p| p.path().to_path_buf());
+        if let Some(path) = &progress_path {
+            env.push(("JOBDIR_PROGRESS", path.as_os_str()));
+        }
         let started = Instant::now();
         let outcome = child::run(&self.program, &env, input, || {
+            // Forward PROGRAM's latest progress line (FORMAT.md §13.2); a lost lease is
+            // handled below, any other failure only logged.
+            if let Some(value) = progress.as_mut().and_then(|p| p.poll())
+                && let Err(e) = lease.progress(&value)
+                && !matches!(e, Error::LeaseLost(_))
+            {
+                tracing::warn!("job {id}: cannot store progress: {e}");
+            }
             if lost.load(Ordering::SeqCst) || lease.is_compromised() {
                 Some(Stop::LeaseLost)
             } else if self.shutdown.grace_over() {
