@@ -94,6 +94,30 @@ impl AtomicFs {
         Ok(())
     }
 
+    /// Creates an empty index entry `path` in `dir` (an existing one is fine), making `dir`
+    /// and its missing parents when needed: a bucket may not exist yet, or a puller may have
+    /// removed it as empty just now (retried a few times). Not fsynced.
+    pub(crate) fn create_entry(&self, path: &Path, dir: &Path) -> Result<()> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let res = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(self.file_mode)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path);
+            match res {
+                Ok(f) => return self.fix_file_mode(&f, path),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 8 => {
+                    self.create_dir_all(dir)?;
+                }
+                Err(e) => return Err(e).ctx("create index entry", path),
+            }
+        }
+    }
+
     /// Creates one directory with the store's mode (exact, whatever the umask).
     pub(crate) fn make_dir(&self, dir: &Path) -> io::Result<()> {
         fs::DirBuilder::new().mode(self.dir_mode).create(dir)?;

@@ -7,14 +7,12 @@
 //! between the two steps leaves both entries, which is harmless (a pending entry of a job
 //! already running or finished is skipped by claims).
 
-use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::atomic::{AtomicFs, exists, list_names, remove_file_if_exists};
-use crate::error::{IoContext, Result};
+use crate::error::Result;
 use crate::id::JobId;
 use crate::layout::{bucket, bucket_end_millis, delayed_name, parse_delayed_name};
 use crate::watch::Watch;
@@ -64,25 +62,7 @@ impl Delayed {
     pub(crate) fn add(&self, fs: &AtomicFs, due_ms: u64, class: &str, id: &JobId) -> Result<()> {
         let dir = self.root.join(bucket(due_ms));
         let path = dir.join(delayed_name(due_ms, class, id));
-        for attempt in 0.. {
-            let res = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(fs.file_mode)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path);
-            match res {
-                Ok(f) => {
-                    fs.fix_file_mode(&f, &path)?;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => break,
-                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 8 => {
-                    fs.create_dir_all(&dir)?;
-                }
-                Err(e) => return Err(e).ctx("create delayed entry", &path),
-            }
-        }
+        fs.create_entry(&path, &dir)?;
         match fs.sync_dir(&dir) {
             // A puller promoted the entry (its pending entry durable first) and removed the
             // emptied bucket before this fsync: nothing is left to make durable here.

@@ -15,14 +15,12 @@
 //!   pullers check the job itself and remove entries that no longer apply.
 
 use std::collections::BTreeSet;
-use std::fs::{self, OpenOptions};
-use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::atomic::{AtomicFs, list_names, remove_file_if_exists};
-use crate::error::{IoContext, Result};
+use crate::error::Result;
 use crate::layout::{bucket_end_millis, parse_priority_class, priority_class};
 use crate::watch::{Inbox, Watch};
 
@@ -62,28 +60,8 @@ impl Index {
     pub(crate) fn add_unsynced(&self, fs: &AtomicFs, key: &str) -> Result<PathBuf> {
         let path = self.path(key);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let res = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(fs.file_mode)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path);
-            match res {
-                Ok(f) => {
-                    fs.fix_file_mode(&f, &path)?;
-                    return Ok(dir);
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(dir),
-                // The bucket does not exist yet, or a puller removed it as empty just now.
-                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 8 => {
-                    fs.create_dir_all(&dir)?;
-                }
-                Err(e) => return Err(e).ctx("create index entry", &path),
-            }
-        }
+        fs.create_entry(&path, &dir)?;
+        Ok(dir)
     }
 
     /// Removes an entry; a missing entry is fine.

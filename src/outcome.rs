@@ -104,6 +104,13 @@ pub(crate) fn finish_unfenced(inner: &Inner, id: &JobId, outcome: &OutcomeRecord
     inner
         .fs
         .write_into_private_dir(&staging.path().join("outcome.json"), &bytes)?;
+    finish_with(inner, id, staging)
+}
+
+/// Renames a complete staging directory (holding `value` or `outcome.json`) to the job's
+/// `result/` after fsyncing it, then fsyncs the job directory. False if the job had already
+/// finished; `NotFound` if it does not exist.
+pub(crate) fn finish_with(inner: &Inner, id: &JobId, staging: tempfile::TempDir) -> Result<bool> {
     inner.fs.sync_dir(staging.path())?;
     let dest = inner.layout.result_dir(id);
     match fs::rename(staging.path(), &dest) {

@@ -806,14 +806,7 @@ impl Store {
                 inner.delayed.add(&inner.fs, due, &class, &id)
             });
             if let Err(e) = indexed {
-                crate::dedup::undo(inner, &rec);
-                let grave = inner
-                    .layout
-                    .tmp
-                    .join(format!("unmade.{id}.{:08x}", rand_u32()));
-                if fs::rename(&dest, &grave).is_ok() {
-                    let _ = fs::remove_dir_all(&grave);
-                }
+                unmake(inner, &rec, &dest);
                 return Err(e);
             }
             inner.note_due(due);
@@ -836,14 +829,7 @@ impl Store {
         if let Err(e) = indexed {
             // Not acknowledged: take the job back out, so a caller that retries makes no twin.
             let _ = inner.work.remove(&key);
-            crate::dedup::undo(inner, &rec);
-            let grave = inner
-                .layout
-                .tmp
-                .join(format!("unmade.{id}.{:08x}", rand_u32()));
-            if fs::rename(&dest, &grave).is_ok() {
-                let _ = fs::remove_dir_all(&grave);
-            }
+            unmake(inner, &rec, &dest);
             return Err(e);
         }
         crate::fault::point("create.after_index");
@@ -874,24 +860,9 @@ impl Store {
         inner
             .fs
             .write_into_private_dir(&staging.path().join("value"), value.as_ref())?;
-        inner.fs.sync_dir(staging.path())?;
-        let dest = inner.layout.result_dir(id);
-        match fs::rename(staging.path(), &dest) {
-            Ok(()) => {
-                let _ = staging.keep();
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::AlreadyExists | io::ErrorKind::DirectoryNotEmpty
-                ) =>
-            {
-                return Err(Error::AlreadyFulfilled(*id));
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotFound(*id)),
-            Err(e) => return Err(e).ctx("rename result into", &dest),
+        if !outcome::finish_with(inner, id, staging)? {
+            return Err(Error::AlreadyFulfilled(*id));
         }
-        inner.fs.sync_parent(&dest)?;
         inner.after_fulfilled(id, rec.priority)
     }
 
@@ -1522,6 +1493,19 @@ impl Store {
 }
 
 /// A random 32-bit number for unique names.
+/// Takes an unacknowledged job back out after its create failed (best effort, not fsynced): a
+/// caller that retries then makes no twin.
+fn unmake(inner: &Inner, rec: &JobRecord, dest: &Path) {
+    crate::dedup::undo(inner, rec);
+    let grave = inner
+        .layout
+        .tmp
+        .join(format!("unmade.{}.{:08x}", rec.id, rand_u32()));
+    if fs::rename(dest, &grave).is_ok() {
+        let _ = fs::remove_dir_all(&grave);
+    }
+}
+
 pub(crate) fn rand_u32() -> u32 {
     let b = uuid::Uuid::new_v4().into_bytes();
     u32::from_le_bytes([b[0], b[1], b[2], b[3]])

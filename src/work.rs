@@ -104,27 +104,32 @@ impl WorkLease {
     /// refused with [`Error::LeaseLost`] if the lease was taken over, with
     /// [`Error::AlreadyFulfilled`] if the job was fulfilled by someone else.
     pub fn fulfill(self, value: impl AsRef<[u8]>) -> Result<()> {
-        let inner = &self.store.inner;
         let st = &self.state;
         st.check_live()?;
         // `held/` is private to its holder until it is renamed to `result/`, so the value is
         // written straight into it: a partial file there is never seen as a result. If the
         // lease was taken over, `held/` is gone and the create fails (ENOENT): lease lost.
-        let value_path = st.held.join("value");
-        let written = inner
-            .fs
-            .write_into_private_dir(&value_path, value.as_ref())
-            .and_then(|()| inner.fs.sync_dir(&st.held));
-        match written {
-            Ok(()) => {}
-            Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => {
-                st.compromise();
-                return Err(Error::LeaseLost(st.id));
-            }
-            Err(e) => return Err(e),
-        }
+        self.write_held("value", value.as_ref())?;
         crate::fault::point("fulfill.before_commit");
         self.commit()
+    }
+
+    /// Writes a file into this lease's `held/` (fsynced with `held/` in durable mode). `held/`
+    /// gone (taken over, cancelled) → the lease is compromised and `LeaseLost` returned.
+    fn write_held(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let inner = &self.store.inner;
+        let st = &self.state;
+        let written = inner
+            .fs
+            .write_into_private_dir(&st.held.join(name), bytes)
+            .and_then(|()| inner.fs.sync_dir(&st.held));
+        match written {
+            Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => {
+                st.compromise();
+                Err(Error::LeaseLost(st.id))
+            }
+            other => other,
+        }
     }
 
     /// The commit: `held/` → `result/` (fenced), then the job directory's fsync and the index
@@ -244,20 +249,7 @@ impl WorkLease {
     /// Finishes the job with a non-result outcome under the lease: `outcome.json` into `held/`,
     /// then `held/` → `result/`, as a fenced fulfilment does.
     fn commit_outcome(self, outcome: &OutcomeRecord) -> Result<()> {
-        let inner = &self.store.inner;
-        let st = &self.state;
-        let written = inner
-            .fs
-            .write_into_private_dir(&st.held.join("outcome.json"), &outcome.to_bytes()?)
-            .and_then(|()| inner.fs.sync_dir(&st.held));
-        match written {
-            Ok(()) => {}
-            Err(e) if e.is_io_kind(io::ErrorKind::NotFound) => {
-                st.compromise();
-                return Err(Error::LeaseLost(st.id));
-            }
-            Err(e) => return Err(e),
-        }
+        self.write_held("outcome.json", &outcome.to_bytes()?)?;
         self.commit()
     }
 

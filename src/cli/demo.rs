@@ -227,11 +227,17 @@ fn signal(pid: u32, sig: libc::c_int) {
 /// then SIGKILL it; otherwise let it go on (SIGCONT) and try again.
 fn kill_mid_job(
     w: &mut Worker,
+    others: &[u32],
     heard: &Mutex<Heard>,
     store: &Store,
 ) -> anyhow::Result<Option<(JobId, Instant)>> {
     let pid = w.child.id();
     for attempt in 0..500u64 {
+        // The other workers are frozen too while we look, so that a small queue cannot drain
+        // between the attempts.
+        for &o in others {
+            signal(o, libc::SIGSTOP);
+        }
         signal(pid, libc::SIGSTOP);
         let t = Instant::now();
         while process_state(pid) != Some('T') && t.elapsed() < Duration::from_secs(1) {
@@ -251,10 +257,16 @@ fn kill_mid_job(
         {
             signal(pid, libc::SIGKILL);
             let at = Instant::now();
+            for &o in others {
+                signal(o, libc::SIGCONT);
+            }
             w.child.wait().context("reap the killed worker")?;
             return Ok(Some((job, at)));
         }
         signal(pid, libc::SIGCONT);
+        for &o in others {
+            signal(o, libc::SIGCONT);
+        }
         let c = store.counts()?;
         if c.pending + c.running == 0 {
             return Ok(None); // all done before the worker could be caught holding a job
@@ -469,7 +481,8 @@ pub fn run(explicit: Option<&Path>, a: DemoArgs) -> anyhow::Result<()> {
     }
     let mut problems: Vec<String> = Vec::new();
     let mut victim = workers.remove(0);
-    let killed = kill_mid_job(&mut victim, &heard, &store)?;
+    let others: Vec<u32> = workers.iter().map(|w| w.child.id()).collect();
+    let killed = kill_mid_job(&mut victim, &others, &heard, &store)?;
     let victim_pid = victim.child.id();
     stop_worker(victim);
     workers.push(spawn_worker(a.workers as usize, &store_dir, &logs, &heard)?);
