@@ -3,12 +3,15 @@
 //! `JOBDIR_TEST_ROLE` is set), and drives the `jobdir` binary for the command line. No timing
 //! assertions: every wait is for an event, bounded only by a generous liveness limit.
 
+mod common;
+use common::{jobdir, ok};
+
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
@@ -574,32 +577,8 @@ fn recover_sweeps_stale_keys_and_members_and_quarantines_foreign_names() {
 
 // The command line.
 
-fn jobdir(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_jobdir"))
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .env_remove("JOBDIR")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run jobdir")
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = jobdir(dir, args);
-    assert!(
-        out.status.success(),
-        "jobdir {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn fails(dir: &Path, args: &[&str], code: i32) -> String {
-    let out = jobdir(dir, args);
-    assert_eq!(out.status.code(), Some(code), "jobdir {args:?}");
-    let err = String::from_utf8(out.stderr).unwrap();
+    let err = common::exits(dir, args, code);
     assert!(err.starts_with("error:"), "{err}");
     err
 }

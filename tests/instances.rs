@@ -4,6 +4,9 @@
 //! files repaired by `recover`, planted symlinks, and the `jobdir` commands, including the
 //! README's walkthrough, replayed and compared with its pasted output.
 
+mod common;
+use common::{jobdir, ok};
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -977,32 +980,8 @@ fn group_shared_modes_cover_instances_and_allocations() {
 // The command line
 // ---------------------------------------------------------------------------------------------
 
-fn jobdir(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_jobdir"))
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .env_remove("JOBDIR")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run jobdir")
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = jobdir(dir, args);
-    assert!(
-        out.status.success(),
-        "jobdir {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn fails(dir: &Path, args: &[&str], code: i32) -> String {
-    let out = jobdir(dir, args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(code), "jobdir {args:?}: {stderr}");
+    let stderr = common::exits(dir, args, code);
     assert!(stderr.starts_with("error: "), "{stderr:?}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr:?}");
     stderr

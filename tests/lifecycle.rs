@@ -11,9 +11,12 @@
 //!
 //! `cargo test --release --test lifecycle`
 
+mod common;
+use common::{jobdir, ok};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -187,35 +190,9 @@ impl Drop for Helper {
     }
 }
 
-/// `jobdir --dir DIR ARGS...`, run to its end.
-fn jobdir(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .env_remove("JOBDIR")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run jobdir")
-}
-
-/// Runs a command that must succeed; returns its stdout.
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = jobdir(dir, args);
-    assert!(
-        out.status.success(),
-        "jobdir {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// Runs a command that must exit with `code`; returns its stderr.
 fn fails(dir: &Path, args: &[&str], code: i32) -> String {
-    let out = jobdir(dir, args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(code), "jobdir {args:?}: {stderr}");
+    let stderr = common::exits(dir, args, code);
     assert!(stderr.contains("error"), "jobdir {args:?}: {stderr:?}");
     stderr
 }
