@@ -261,6 +261,43 @@ pub(crate) struct AllocationRecord {
     pub nonce: String,
     #[serde(default)]
     pub allocated_at: String,
+    /// Sticky (atributo's meaning, and the default): the job waits for its instance, dead or
+    /// not, until deallocated. A non-sticky allocation (a job created for an instance) is
+    /// handed to another puller when its instance is dead (FORMAT.md §9.11).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub sticky: bool,
+    /// Made by `create` for the job of this id: removed when the job finishes or is removed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub for_job: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// How an allocation is recorded: atributo's (sticky, kept until deallocated) unless a job's
+/// `create` asks otherwise.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AllocationFlags {
+    pub sticky: bool,
+    pub for_job: bool,
+}
+
+impl Default for AllocationFlags {
+    fn default() -> Self {
+        AllocationFlags {
+            sticky: true,
+            for_job: false,
+        }
+    }
 }
 
 impl Inner {
@@ -491,6 +528,16 @@ impl Store {
         job: &JobKey,
         rule: &R,
     ) -> Result<Allocation> {
+        self.allocate_flagged(job, rule, AllocationFlags::default())
+    }
+
+    /// [`allocate_with`](Self::allocate_with), recording a new allocation with `flags`.
+    pub(crate) fn allocate_flagged<R: AllocationRule + ?Sized>(
+        &self,
+        job: &JobKey,
+        rule: &R,
+        flags: AllocationFlags,
+    ) -> Result<Allocation> {
         let inner = &self.inner;
         let layout = &inner.layout;
         for _ in 0..ATTEMPTS {
@@ -540,6 +587,8 @@ impl Store {
                 instance: choice.instance.clone(),
                 nonce: nonce.clone(),
                 allocated_at: rfc3339(SystemTime::now()),
+                sticky: flags.sticky,
+                for_job: flags.for_job,
             };
             let bytes = serde_json::to_vec(&rec).map_err(|source| Error::Encode {
                 what: "allocation",
@@ -612,6 +661,7 @@ impl Store {
         let Some(taken) = inner.take_allocation(job, |_| true)? else {
             return Ok(None);
         };
+        inner.allocations_changed();
         inner.remove_if_idle(&taken.instance)?;
         Ok(Some(taken.instance))
     }
@@ -767,6 +817,17 @@ pub(crate) fn recover(inner: &Inner, grace: Duration, report: &mut RecoveryRepor
                     )?;
                     continue;
                 }
+                // A job's own allocation (affinity.rs) outlives neither the job nor its end.
+                // A young one may belong to a create in progress (allocated first): left.
+                if rec.for_job && job_is_over(inner, &job)? && older_than(&p, grace) {
+                    if inner
+                        .take_allocation(&job, |r| r.nonce == rec.nonce)?
+                        .is_some()
+                    {
+                        report.allocations_released += 1;
+                    }
+                    continue;
+                }
                 let entry = layout
                     .instance_jobs(rec.instance.as_str())
                     .join(allocation_entry(job.as_str(), &rec.nonce));
@@ -780,7 +841,6 @@ pub(crate) fn recover(inner: &Inner, grace: Duration, report: &mut RecoveryRepor
         }
     }
     // 3. Stale index entries (an allocation in progress has a young one: leave those).
-    let now = SystemTime::now();
     for id in &instances {
         let jobs = layout.instance_jobs(id.as_str());
         for entry in visible(list_names(&jobs)?) {
@@ -795,12 +855,7 @@ pub(crate) fn recover(inner: &Inner, grace: Duration, report: &mut RecoveryRepor
                 continue;
             }
             let p = jobs.join(&entry);
-            let old = fs::symlink_metadata(&p)
-                .ok()
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|age| age >= grace);
-            if old && remove_file_if_exists(&p)? {
+            if older_than(&p, grace) && remove_file_if_exists(&p)? {
                 report.entries_removed += 1;
             }
         }
@@ -812,4 +867,25 @@ pub(crate) fn recover(inner: &Inner, grace: Duration, report: &mut RecoveryRepor
         }
     }
     Ok(())
+}
+
+/// True if the file at `path` was last modified at least `grace` ago (by this clock).
+fn older_than(path: &std::path::Path, grace: Duration) -> bool {
+    fs::symlink_metadata(path)
+        .ok()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age >= grace)
+}
+
+/// True if `key` names a job of this store that has finished or does not exist.
+fn job_is_over(inner: &Inner, key: &JobKey) -> Result<bool> {
+    let Ok(id) = key.as_str().parse::<JobId>() else {
+        return Ok(false);
+    };
+    if inner.check_shard(&id).is_err() {
+        return Ok(false);
+    }
+    Ok(!crate::atomic::exists(&inner.layout.job_dir(&id))?
+        || crate::atomic::exists(&inner.layout.result_dir(&id))?)
 }

@@ -409,6 +409,8 @@ impl Store {
     /// ```
     pub fn unavailable(&self, id: &InstanceId, removal: Removal) -> Result<()> {
         let inner = &self.inner;
+        // Jobs this process's pulls skipped as the instance's may now be handed over.
+        inner.allocations_changed();
         match removal {
             Removal::Keep => inner.write_instance(id, false, false),
             Removal::WhenIdle => {

@@ -237,6 +237,10 @@ pub struct JobInfo {
     /// The group it was created in ([`CreateOptions::group`]); other groups may list it too
     /// (a keyed create that returned it as an existing job).
     pub group: Option<crate::GroupId>,
+    /// The instance it is allocated to ([`CreateOptions::instance`]), if any.
+    pub instance: Option<crate::InstanceId>,
+    /// Whether that allocation is sticky ([`CreateOptions::sticky`]); false without one.
+    pub sticky: bool,
 }
 
 /// One failed attempt, as kept in a job's history.
@@ -302,6 +306,8 @@ pub struct CreateOptions {
     pub(crate) key: Option<crate::DedupKey>,
     pub(crate) keep_key: Option<Duration>,
     pub(crate) group: Option<crate::GroupId>,
+    pub(crate) placement: Option<crate::affinity::Placement>,
+    pub(crate) sticky: bool,
 }
 
 impl CreateOptions {
@@ -428,6 +434,71 @@ impl CreateOptions {
     /// ```
     pub fn group(mut self, group: crate::GroupId) -> Self {
         self.group = Some(group);
+        self
+    }
+
+    /// Creates the job for `instance` (DESIGN.md §3.16): the job is allocated to it before it
+    /// can be pulled, [`Store::pull_work_as`](crate::Store::pull_work_as) as that instance
+    /// takes it first, and no other puller takes it while the instance runs. Unless
+    /// [`sticky`](Self::sticky), the job is handed to another puller once the instance is dead
+    /// (or unavailable and not running). The instance must exist and be available
+    /// ([`Store::available`](crate::Store::available)), else the create fails.
+    ///
+    /// ```
+    /// use jobdir::CreateOptions;
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let w = "w1".parse()?;
+    /// store.available(&w)?;
+    /// let id = store.create_with(&"x", CreateOptions::default().instance(w.clone()))?;
+    /// assert_eq!(store.get(&id)?.instance, Some(w));
+    /// assert!(store.pull_work()?.is_none()); // kept for w1, which is not dead
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn instance(mut self, instance: crate::InstanceId) -> Self {
+        self.placement = Some(crate::affinity::Placement::Instance(instance));
+        self
+    }
+
+    /// Allocates the job on creation with the default rule
+    /// ([`Store::allocate`](crate::Store::allocate): the hash of its id indexes the sorted
+    /// available instances), then as [`instance`](Self::instance). Fails with
+    /// [`Error::NoInstance`](crate::Error::NoInstance) when no instance is available.
+    ///
+    /// ```
+    /// use jobdir::{CreateOptions, JobKey};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// store.available(&"a".parse()?)?;
+    /// store.available(&"b".parse()?)?;
+    /// let id = store.create_with(&"x", CreateOptions::default().allocate())?;
+    /// assert_eq!(store.get(&id)?.instance, store.instance(&JobKey::from(id))?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn allocate(mut self) -> Self {
+        self.placement = Some(crate::affinity::Placement::ByRule);
+        self
+    }
+
+    /// With [`instance`](Self::instance) or [`allocate`](Self::allocate): the job waits for its
+    /// instance, dead or not, until it is deallocated
+    /// ([`Store::deallocate`](crate::Store::deallocate)) — atributo's sticky allocation.
+    /// Default false.
+    ///
+    /// ```
+    /// use jobdir::{CreateOptions, JobKey};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let w = "w1".parse()?;
+    /// store.available(&w)?;
+    /// let id = store.create_with(&"x", CreateOptions::default().instance(w).sticky(true))?;
+    /// assert!(store.get(&id)?.sticky);
+    /// store.deallocate(&JobKey::from(id))?; // now anyone may run it
+    /// assert_eq!(store.pull_work()?.unwrap().id(), id);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn sticky(mut self, sticky: bool) -> Self {
+        self.sticky = sticky;
         self
     }
 }

@@ -53,6 +53,7 @@
 
 #![warn(missing_docs)]
 
+mod affinity;
 mod allocation;
 mod atomic;
 mod control;
@@ -78,6 +79,7 @@ mod store;
 mod watch;
 mod work;
 
+pub use affinity::Affinity;
 pub use allocation::{Allocation, AllocationRule, Choice, HashRule, JobKey};
 pub use atomic::Durability;
 pub use control::{CONTROL_TTL, Control, ControlListener, ControlMessage};

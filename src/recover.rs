@@ -98,6 +98,9 @@ pub struct RecoveryReport {
     pub control_pruned: u64,
     /// De-duplication keys whose job had finished (or was gone) removed (FORMAT.md §12.6).
     pub keys_removed: u64,
+    /// Allocations made by `create` for a job (FORMAT.md §9.11) whose job has finished or is
+    /// gone, removed.
+    pub allocations_released: u64,
 }
 
 impl Store {

@@ -97,7 +97,7 @@ impl PullFilter {
             && self.max_priority.is_none_or(|m| priority < m)
     }
 
-    fn classes(&self) -> ClassRange {
+    pub(crate) fn classes(&self) -> ClassRange {
         ClassRange::of(self.min_priority, self.max_priority)
     }
 }
@@ -127,7 +127,9 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn pull_work_with(&self, filter: &PullFilter) -> Result<Option<WorkLease>> {
-        self.pull_next_in(LeaseKind::Work, &filter.classes(), |key| self.try_work(key))
+        self.pull_next_in(LeaseKind::Work, &filter.classes(), |key| {
+            self.try_work(key, None)
+        })
     }
 
     /// Like [`pull_work_with`](Store::pull_work_with), but waits up to `timeout` for a job that
@@ -178,9 +180,43 @@ impl Store {
         filters: &[PullFilter],
         timeout: Duration,
     ) -> Result<Option<WorkLease>> {
+        self.pull_among(filters, None, timeout)
+    }
+
+    /// [`pull_work_timeout_among`](Self::pull_work_timeout_among) as an instance: within each
+    /// filter, its own jobs first ([`Store::pull_work_as_with`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use jobdir::{Affinity, CreateOptions, PullFilter};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = jobdir::Store::open(dir.path())?;
+    /// let me: jobdir::InstanceId = "w".parse()?;
+    /// store.available(&me)?;
+    /// store.create_with(&"mine", CreateOptions::default().instance(me.clone()))?;
+    /// let who = Affinity::new(me);
+    /// let job = store.pull_work_timeout_among_as(&who, &[PullFilter::any()], Duration::ZERO)?;
+    /// assert_eq!(job.unwrap().request(), "mine");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pull_work_timeout_among_as(
+        &self,
+        who: &crate::Affinity,
+        filters: &[PullFilter],
+        timeout: Duration,
+    ) -> Result<Option<WorkLease>> {
+        self.pull_among(filters, Some(who), timeout)
+    }
+
+    fn pull_among(
+        &self,
+        filters: &[PullFilter],
+        who: Option<&crate::Affinity>,
+        timeout: Duration,
+    ) -> Result<Option<WorkLease>> {
         self.pull_blocking(Channel::Work, timeout, || {
             for filter in filters {
-                if let Some(job) = self.pull_work_with(filter)? {
+                if let Some(job) = self.pull_work_scoped(&filter.classes(), who)? {
                     return Ok(Some(job));
                 }
             }

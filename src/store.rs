@@ -209,6 +209,8 @@ pub(crate) struct Inner {
     /// Heartbeat observations of instance presence files (kept apart: the lease scan prunes
     /// its table to the files in `leases/`).
     pub instance_observations: Mutex<Observations>,
+    /// What this process has read of instances' allocation entries (`affinity.rs`).
+    pub own_jobs: crate::affinity::OwnJobs,
     pub keeper: Keeper,
     /// Shards found not to be real directories at open (see `init_layout`).
     pub bad_shards: Mutex<HashSet<String>>,
@@ -374,6 +376,14 @@ impl Inner {
         Ok(())
     }
 
+    /// After this process changed who may run which job (a deallocation, an instance made
+    /// unavailable): its pulls look at the jobs they skipped again, at once. Other processes
+    /// see the change when they next re-read the index (within a poll interval).
+    pub(crate) fn allocations_changed(&self) {
+        lock(&self.work_frontier).frontier.refresh();
+        self.signals.bump(Channel::Work);
+    }
+
     /// Forgets what this process knows of the indexes; the next pull re-reads the disk.
     pub(crate) fn refresh_frontiers(&self) {
         for kind in [LeaseKind::Work, LeaseKind::Notify] {
@@ -408,6 +418,10 @@ impl Inner {
         // so failing to remove it must not make the fulfilment look failed.
         if let Err(e) = self.work.remove(&pending_key(id, priority)) {
             tracing::warn!("job {id} fulfilled; its index entry stays: {e}");
+        }
+        // The allocation `create` made for it has served (recover removes it after a crash).
+        if let Err(e) = crate::affinity::release_finished(self, id) {
+            tracing::warn!("job {id} finished; its allocation stays: {e}");
         }
         Ok(())
     }
@@ -662,6 +676,7 @@ impl Store {
             }),
             observations: Mutex::new(Observations::default()),
             instance_observations: Mutex::new(Observations::default()),
+            own_jobs: crate::affinity::OwnJobs::default(),
             bad_shards: Mutex::new(bad_shards),
             keeper: Keeper::default(),
         };
@@ -750,6 +765,31 @@ impl Store {
         while inner.check_shard(&id).is_err() {
             id = JobId::generate(); // never write behind a planted link
         }
+        // A job for an instance is allocated before any of its files exist (affinity.rs).
+        let placed = match &opts.placement {
+            Some(p) => Some(crate::affinity::place(self, &id, p, opts.sticky)?),
+            None => None,
+        };
+        let made = self.create_job(id, request, &opts);
+        if let Some(key) = placed
+            && !matches!(&made, Ok(c) if c.id == id)
+        {
+            // Not made (or a keyed create returned another job): the allocation goes too.
+            if let Err(e) = inner.take_allocation(&key, |r| r.for_job) {
+                tracing::warn!("allocation of {key} left for recover: {e}");
+            }
+        }
+        made
+    }
+
+    /// Writes and indexes a new job `id` (the rest of `create_inner`).
+    fn create_job(
+        &self,
+        id: JobId,
+        request: Value,
+        opts: &CreateOptions,
+    ) -> Result<crate::dedup::Created> {
+        let inner = &self.inner;
         let now = SystemTime::now();
         let run_at = opts.run_at.filter(|t| *t > now);
         let rec = JobRecord {
@@ -794,7 +834,7 @@ impl Store {
         let _ = staging.keep();
         crate::fault::point("create.after_rename");
         // Claim the key and join the group before any index entry (FORMAT.md §12.4 steps 6a-6b).
-        if let Some(held) = crate::dedup::after_rename(self, &rec, &opts)? {
+        if let Some(held) = crate::dedup::after_rename(self, &rec, opts)? {
             return Ok(held);
         }
         if let Some(at) = run_at {
@@ -988,6 +1028,9 @@ impl Store {
             (Some(at), Some(nb)) if nb >= at => JobState::Delayed,
             _ => state,
         };
+        let allocation = inner
+            .read_allocation(&crate::JobKey::from(id))?
+            .filter(|a| inner.instance_exists(&a.instance).unwrap_or(false));
         Ok(JobInfo {
             id: *id,
             state,
@@ -1010,6 +1053,8 @@ impl Store {
             },
             group: rec.group.as_deref().and_then(|g| g.parse().ok()),
             key: rec.key,
+            instance: allocation.as_ref().map(|a| a.instance.clone()),
+            sticky: allocation.is_some_and(|a| a.sticky),
         })
     }
 
@@ -1485,6 +1530,7 @@ impl Store {
         if let Some(p) = priority {
             inner.work.remove(&pending_key(id, p))?;
         }
+        crate::affinity::release_finished(inner, id)?;
         if let Err(e) = fs::remove_dir_all(&grave) {
             tracing::warn!("leaving {} for recover: {e}", grave.display());
         }

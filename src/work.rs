@@ -371,14 +371,28 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn pull_work(&self) -> Result<Option<WorkLease>> {
-        self.pull_next(LeaseKind::Work, |key| self.try_work(key))
+        self.pull_next(LeaseKind::Work, |key| self.try_work(key, None))
     }
 
-    pub(crate) fn try_work(&self, key: &str) -> Result<Option<WorkLease>> {
-        let inner = &self.inner;
+    /// Tries the job of one index key, for a puller as `who` (none: a plain pull): skipped if
+    /// its allocation keeps it for another instance (`affinity.rs`), else claimed.
+    pub(crate) fn try_work(
+        &self,
+        key: &str,
+        who: Option<&crate::affinity::Affinity>,
+    ) -> Result<Option<WorkLease>> {
         let Some(id) = split_key(key).and_then(|(_, _, n)| n.parse::<JobId>().ok()) else {
             return Ok(None); // foreign entry: recover quarantines it
         };
+        if !crate::affinity::may_take(self, &id, who)? {
+            return Ok(None);
+        }
+        self.claim_work(key, id)
+    }
+
+    /// Claims the job `id` of index key `key` and admits it (or tidies what the claim found).
+    pub(crate) fn claim_work(&self, key: &str, id: JobId) -> Result<Option<WorkLease>> {
+        let inner = &self.inner;
         match lease::claim(inner, LeaseKind::Work, &id, key)? {
             ClaimOutcome::Claimed(state) => match inner.read_record(&id) {
                 Ok(record) => {

@@ -10,6 +10,11 @@
 //! Every job must end fulfilled, or cancelled if (and only if) its `cancel` succeeded: none
 //! lost, failed, expired or stuck, and no result written twice or changed.
 //!
+//! Work affinity too (FORMAT.md §9.11): each worker process runs as an instance (`w<k>`,
+//! joined again by its replacement), every 5th job is created for one of them (handed over
+//! to the others each time its worker is killed), and every 15th is created sticky for `w0`:
+//! those must be executed by `w0` only.
+//!
 //! Short run (CI): `cargo test --release --test torture -- --nocapture`
 //! Long run: `JOBDIR_TORTURE_JOBS=10000 JOBDIR_TORTURE_PROCS=6 JOBDIR_TORTURE_KILL_MS=100 \
 //!            cargo test --release --test torture -- --nocapture`
@@ -24,7 +29,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use jobdir::{
-    CompromiseReason, CreateOptions, Error, JobId, JobState, RecoverOptions, RetryPolicy, Store,
+    Affinity, CompromiseReason, CreateOptions, Error, InstanceId, JobId, JobState, RecoverOptions,
+    RetryPolicy, Store,
 };
 use serde_json::json;
 
@@ -82,13 +88,24 @@ fn helper() {
         .open()
         .unwrap();
     let fail_pct = env_u64("JOBDIR_TORTURE_FAIL_PCT", 25);
+    // A worker runs as its instance: its predecessor's presence (killed) is dead, so the join
+    // takes it over.
+    let me: InstanceId = std::env::var("JOBDIR_TORTURE_INSTANCE")
+        .unwrap_or_else(|_| "none".into())
+        .parse()
+        .unwrap();
+    let _presence = (role == "worker").then(|| store.join(&me).unwrap());
+    let who = Affinity::new(me.clone()).unallocated(true);
     loop {
         if role == "worker" {
-            let Some(job) = store.pull_work_timeout(Duration::from_secs(1)).unwrap() else {
+            let Some(job) = store
+                .pull_work_timeout_as(&who, Duration::from_secs(1))
+                .unwrap()
+            else {
                 continue;
             };
             let n = job.request()["n"].as_u64().unwrap();
-            append(&log, &format!("exec {} {}\n", job.id(), mono_ns()));
+            append(&log, &format!("exec {} {} {me}\n", job.id(), mono_ns()));
             let (id, told) = (job.id(), log.clone());
             job.on_compromised(move |reason| {
                 if reason == CompromiseReason::Cancelled {
@@ -149,6 +166,7 @@ fn spawn(role: &str, dir: &Path, k: usize) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "helper", "--nocapture", "--test-threads=1", "-q"])
         .env("JOBDIR_TORTURE_ROLE", role)
+        .env("JOBDIR_TORTURE_INSTANCE", format!("w{k}"))
         .env("JOBDIR_TORTURE_DIR", dir)
         .env("JOBDIR_TORTURE_LOG", log)
         .stdout(Stdio::null())
@@ -174,12 +192,28 @@ fn torture() {
     let policy = RetryPolicy::default()
         .with_max_attempts(1000)
         .with_backoff(Duration::from_millis(10), Duration::from_millis(50));
+    let workers: Vec<InstanceId> = (0..procs)
+        .filter(|k| k % 2 == 0)
+        .map(|k| format!("w{k}").parse().unwrap())
+        .collect();
+    for w in &workers {
+        store.available(w).unwrap();
+    }
+    let mut sticky = HashSet::new();
     for n in 0..jobs {
         let mut opts = CreateOptions::default().retry(policy.clone());
         if n % 8 == 3 {
             opts = opts.delay(Duration::from_millis(100 * (n % 10)));
         }
+        if n % 15 == 4 {
+            opts = opts.instance(workers[0].clone()).sticky(true);
+        } else if n % 5 == 1 {
+            opts = opts.instance(workers[(n as usize / 5) % workers.len()].clone());
+        }
         let id = store.create_with(&json!({ "n": n }), opts).unwrap();
+        if n % 15 == 4 {
+            sticky.insert(id);
+        }
         if n % 20 == 7 {
             to_cancel.push(id);
         }
@@ -307,6 +341,7 @@ fn torture() {
 
     // Read what every process logged.
     let mut execs: HashMap<JobId, u64> = HashMap::new();
+    let mut wrong_instance: Vec<(JobId, String)> = Vec::new();
     let mut failures = 0u64;
     let mut cancelled_held = 0u64;
     let mut delivered: HashMap<(JobId, String), Vec<u128>> = HashMap::new();
@@ -316,7 +351,13 @@ fn torture() {
         for line in text.lines() {
             let parts: Vec<&str> = line.split(' ').collect();
             match parts.as_slice() {
-                ["exec", id, _] => *execs.entry(id.parse().unwrap()).or_default() += 1,
+                ["exec", id, _, who] => {
+                    let id: JobId = id.parse().unwrap();
+                    *execs.entry(id).or_default() += 1;
+                    if sticky.contains(&id) && *who != workers[0].as_str() {
+                        wrong_instance.push((id, who.to_string()));
+                    }
+                }
                 ["fail", _, _] => failures += 1,
                 ["cancelled-held", _, _] => cancelled_held += 1,
                 ["deliver", id, t, ts] => delivered
@@ -400,6 +441,13 @@ fn torture() {
     assert_eq!(lost, 0, "jobs lost");
     assert_eq!(changed, 0, "results changed");
     assert!(wrong_outcome.is_empty(), "{wrong_outcome:?}");
+    assert!(
+        wrong_instance.is_empty(),
+        "sticky jobs of w0 run elsewhere: {wrong_instance:?}"
+    );
+    for w in &workers {
+        assert!(store.jobs(w).unwrap().is_empty(), "allocations left on {w}");
+    }
     assert_eq!(undelivered, 0, "targets never delivered");
     assert_eq!(after_done, 0, "targets delivered after their done");
     assert_eq!(

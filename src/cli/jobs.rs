@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, ValueEnum};
-use jobdir::{CreateOptions, DedupKey, Error, GroupId, JobState, RetryPolicy};
+use jobdir::{CreateOptions, DedupKey, Error, GroupId, InstanceId, JobState, RetryPolicy};
 
 use super::output::{print_job, print_raw};
 use super::{EXIT_NOT_FULFILLED, args, fail, open, open_existing, open_for_job};
@@ -54,6 +54,18 @@ pub struct CreateArgs {
     /// instead joins the group
     #[arg(long, value_name = "GROUP")]
     group: Option<String>,
+    /// Create the job for this instance: `work --instance NAME` runs it first, and no other
+    /// worker takes it while NAME runs (or, unless --sticky, until NAME is dead)
+    #[arg(long, value_name = "NAME", conflicts_with = "allocate")]
+    instance: Option<String>,
+    /// Allocate the job on creation to an available instance by the default rule (as
+    /// `jobdir allocate`), then as --instance
+    #[arg(long)]
+    allocate: bool,
+    /// With --instance or --allocate: the job waits for its instance, dead or not, until
+    /// `jobdir deallocate ID`
+    #[arg(long)]
+    sticky: bool,
     /// Print {"id":..,"existing":..} instead of the id alone (existing: true when --key
     /// found a job and none was made)
     #[arg(long)]
@@ -188,6 +200,17 @@ pub fn create(dir: &Path, a: CreateArgs) -> anyhow::Result<()> {
     if let Some(g) = a.group {
         opts = opts.group(GroupId::new(g)?);
     }
+    // Work affinity (FORMAT.md §9.11).
+    if let Some(name) = a.instance {
+        opts = opts.instance(InstanceId::new(name)?);
+    } else if a.allocate {
+        opts = opts.allocate();
+    } else if a.sticky {
+        return Err(
+            Error::InvalidOption("--sticky needs --instance NAME or --allocate".into()).into(),
+        );
+    }
+    opts = opts.sticky(a.sticky);
     let store = open(dir)?;
     let created = store.create_keyed(&request, opts)?;
     let mut out = io::stdout().lock();

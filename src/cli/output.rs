@@ -50,6 +50,12 @@ pub struct JobJson<'a> {
     /// The group it was created in.
     #[serde(skip_serializing_if = "Option::is_none")]
     group: Option<&'a str>,
+    /// The instance it is allocated to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance: Option<&'a str>,
+    /// Whether that allocation is sticky (only with an instance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sticky: Option<bool>,
 }
 
 impl<'a> JobJson<'a> {
@@ -77,6 +83,8 @@ impl<'a> JobJson<'a> {
             progress: info.progress.as_ref(),
             key: info.key.as_deref(),
             group: info.group.as_ref().map(|g| g.as_str()),
+            instance: info.instance.as_ref().map(|i| i.as_str()),
+            sticky: info.instance.as_ref().map(|_| info.sticky),
         }
     }
 }

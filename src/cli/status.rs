@@ -268,6 +268,11 @@ pub fn recover(dir: &Path, a: RecoverArgs) -> anyhow::Result<()> {
     writeln!(out, "index entries added      {}", report.entries_added)?;
     writeln!(out, "index entries removed    {}", report.entries_removed)?;
     writeln!(out, "instances removed        {}", report.instances_removed)?;
+    writeln!(
+        out,
+        "allocations released     {}",
+        report.allocations_released
+    )?;
     writeln!(out, "quarantined              {}", q.len())?;
     for item in q {
         writeln!(

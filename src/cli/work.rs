@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use jobdir::{Error, Failure, PrioritySlots, Store, WorkLease};
+use jobdir::{Affinity, Error, Failure, InstanceId, PrioritySlots, Store, WorkLease};
 
 use super::child::{self, Outcome, Program, Stop};
 use super::control::WorkerControl;
@@ -50,6 +50,12 @@ pub const LONG_ABOUT: &str = "Pull jobs and run PROGRAM once per job.\n\n\
     one's; with --strict-slots only its own and the lowest range's. Example: --concurrency 100 \
     --priority-slots 1:30,2:20 runs at most 50 jobs of priority < 1, 80 of priority < 2, and \
     100 in all (strict: 50, 80 and 70 of priority >= 2).\n\n\
+    Instances: with --instance NAME the worker joins as NAME (live while it runs; a second \
+    live worker of the same NAME is refused) and takes NAME's own jobs (`create --instance \
+    NAME`) first, then the non-sticky jobs of dead instances (or of unavailable ones no \
+    process runs), and with --unallocated the jobs of no instance; PROGRAM gets \
+    JOBDIR_INSTANCE. Without --instance a worker takes the jobs of no instance and the \
+    non-sticky jobs of dead instances, never a live instance's.\n\n\
     Control messages (`jobdir broadcast`): pause stops pulling once running jobs finish, until \
     resume (also when the pause was sent before this worker started); drain (or SIGUSR1) lets \
     running jobs finish, then exits 0; any other JSON message is appended as one line \
@@ -93,6 +99,13 @@ pub struct WorkArgs {
     /// (proletariat's SACRED_GUARANTEES), so every other range keeps its slots
     #[arg(long, requires = "priority_slots")]
     strict_slots: bool,
+    /// Run as this instance (joined while the worker runs, so others see it live): its own
+    /// jobs (`create --instance NAME`) first, then the non-sticky jobs of dead instances
+    #[arg(long, value_name = "NAME")]
+    instance: Option<String>,
+    /// With --instance: also take jobs allocated to no instance
+    #[arg(long, requires = "instance")]
+    unallocated: bool,
     /// Run as worker N of `jobdir pool` (internal): statistics on stdout, no progress bar
     #[arg(long, value_name = "N", hide = true)]
     pool_worker: Option<u64>,
@@ -120,6 +133,8 @@ struct Runner {
     reporter: Option<Mutex<Reporter>>,
     /// `--priority-slots`: which priorities each pull may take.
     slots: Option<SlotGate>,
+    /// `--instance`: whose jobs the pulls take.
+    affinity: Option<Affinity>,
     /// Where each job's `JOBDIR_PROGRESS` file lives.
     progress: ProgressDir,
 }
@@ -162,7 +177,12 @@ impl SlotGate {
     }
 
     /// Pulls a job whose priority range may start one now, and takes its slot.
-    fn pull(&self, store: &Store, wait: Duration) -> jobdir::Result<Option<(WorkLease, Slot<'_>)>> {
+    fn pull(
+        &self,
+        store: &Store,
+        who: Option<&Affinity>,
+        wait: Duration,
+    ) -> jobdir::Result<Option<(WorkLease, Slot<'_>)>> {
         let _turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
         let filters = {
             let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
@@ -173,7 +193,11 @@ impl SlotGate {
             thread::sleep(wait);
             return Ok(None);
         }
-        let Some(lease) = store.pull_work_timeout_among(&filters, wait)? else {
+        let pulled = match who {
+            Some(who) => store.pull_work_timeout_among_as(who, &filters, wait)?,
+            None => store.pull_work_timeout_among(&filters, wait)?,
+        };
+        let Some(lease) = pulled else {
             return Ok(None);
         };
         let range = self.slots.range_of(lease.priority());
@@ -199,6 +223,18 @@ pub fn run(dir: &Path, a: WorkArgs) -> anyhow::Result<()> {
         builder = builder.lease(lease);
     }
     let store = builder.open()?;
+    // Joined for as long as the worker runs: its presence tells others it is live.
+    let (affinity, _presence) = match &a.instance {
+        Some(name) => {
+            let id = InstanceId::new(name.as_str())?;
+            let presence = store.join(&id)?;
+            (
+                Some(Affinity::new(id).unallocated(a.unallocated)),
+                Some(presence),
+            )
+        }
+        None => (None, None),
+    };
     if let Some(n) = a.pool_worker {
         log::set_prefix(format!("[worker {n}] "));
     }
@@ -220,6 +256,7 @@ pub fn run(dir: &Path, a: WorkArgs) -> anyhow::Result<()> {
         running: AtomicU64::new(0),
         reporter: a.pool_worker.map(|_| Mutex::new(Reporter::default())),
         slots: slots.map(SlotGate::new),
+        affinity,
         progress: ProgressDir::new(),
     };
     runner.report(false);
@@ -305,12 +342,13 @@ impl Runner {
             }
             let pulled = match &self.slots {
                 Some(gate) => gate
-                    .pull(&self.store, SLOT_SLICE)
+                    .pull(&self.store, self.affinity.as_ref(), SLOT_SLICE)
                     .map(|p| p.map(|(l, s)| (l, Some(s)))),
-                None => self
-                    .store
-                    .pull_work_timeout(PULL_SLICE)
-                    .map(|l| l.map(|l| (l, None))),
+                None => match &self.affinity {
+                    Some(who) => self.store.pull_work_timeout_as(who, PULL_SLICE),
+                    None => self.store.pull_work_timeout(PULL_SLICE),
+                }
+                .map(|l| l.map(|l| (l, None))),
             };
             let (lease, _slot) = match pulled {
                 Ok(Some((lease, slot))) => {
@@ -403,6 +441,9 @@ impl Runner {
         let progress_path = progress.as_ref().map(|p| p.path().to_path_buf());
         if let Some(path) = &progress_path {
             env.push(("JOBDIR_PROGRESS", path.as_os_str()));
+        }
+        if let Some(who) = &self.affinity {
+            env.push(("JOBDIR_INSTANCE", OsStr::new(who.instance().as_str())));
         }
         let started = Instant::now();
         let outcome = child::run(&self.program, &env, input, || {
