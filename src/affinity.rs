@@ -11,9 +11,10 @@
 //!   claim, the puller reads the job's allocation: a job allocated to another instance is
 //!   skipped unless the allocation is non-sticky and its instance is dead (or unavailable and
 //!   not live). Sticky jobs wait for their instance until deallocated, as atributo specifies.
-//! - **A hand-over happens once.** The puller takes the allocation it read away with the
-//!   compare-and-swap of `take_allocation` (one rename, checked against the nonce): of two
-//!   pullers handing over the same job, one wins and the other skips the job.
+//! - **A hand-over happens once, and only to a holder.** The puller claims the job first (one
+//!   claim wins), then takes the allocation it read away with the compare-and-swap of
+//!   `take_allocation` (one rename, checked against the nonce), releasing the claim if the
+//!   allocation changed meanwhile. A job still held under its instance's lease is not moved.
 //! - **The allocation exists before the job can be pulled.** `create` allocates first and
 //!   makes the job's index entry last, so no puller sees a job for an instance without its
 //!   allocation.
@@ -21,11 +22,12 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::allocation::{AllocationFlags, Choice, HashRule, JobKey};
+use crate::allocation::{AllocationFlags, AllocationRecord, Choice, HashRule, JobKey};
 use crate::atomic::{exists, list_names};
 use crate::error::{Error, Result};
 use crate::id::JobId;
 use crate::index::ClassRange;
+use crate::index::split_key;
 use crate::instance::{InstanceId, InstanceInfo, Liveness, real_dir};
 use crate::layout::{LeaseKind, parse_allocation_entry};
 use crate::slots::PullFilter;
@@ -33,10 +35,11 @@ use crate::store::{Inner, Store, pending_key};
 use crate::watch::Channel;
 use crate::work::WorkLease;
 
-/// Pulls as an instance: its own jobs (allocated to it) first, then the jobs of dead
-/// instances that are not sticky, and — if [`unallocated`](Self::unallocated) — jobs
-/// allocated to no instance. A pull without an `Affinity` ([`Store::pull_work`]) takes
-/// unallocated jobs and the non-sticky jobs of dead instances, never a live instance's.
+/// Pulls as an instance: its own jobs (allocated to it) first; then — if
+/// [`unallocated`](Self::unallocated) — jobs allocated to no instance; and the non-sticky jobs
+/// of instances that hand theirs over (dead, or unavailable with no process joined as them).
+/// A pull without an `Affinity` ([`Store::pull_work`]) takes unallocated jobs and the
+/// non-sticky jobs of such instances, never a live instance's (FORMAT.md §9.11).
 ///
 /// ```
 /// use jobdir::{Affinity, CreateOptions};
@@ -163,27 +166,62 @@ pub(crate) fn place(
     Ok(key)
 }
 
-/// Whether a pull as `who` (none: a plain pull) may claim job `id`, by its allocation. Hands a
-/// dead instance's non-sticky job over on the way: its allocation is taken away, and given to
-/// `who`'s instance when there is one.
-pub(crate) fn may_take(store: &Store, id: &JobId, who: Option<&Affinity>) -> Result<bool> {
+/// What a pull as some instance (or none) may do with a job, by its allocation.
+enum Permission {
+    No,
+    Yes,
+    /// Only by handing the job over: its allocation (this record) is another instance's,
+    /// which hands its jobs over.
+    HandOver(AllocationRecord),
+}
+
+/// Whether a pull as `who` (none: a plain pull) may claim job `id`, by its allocation.
+fn permission(store: &Store, id: &JobId, who: Option<&Affinity>) -> Result<Permission> {
     let inner = &store.inner;
-    let key = JobKey::from(id);
-    let free = who.is_none_or(|w| w.unallocated);
-    let Some(rec) = inner.read_allocation(&key)? else {
+    let free = match who.is_none_or(|w| w.unallocated) {
+        true => Permission::Yes,
+        false => Permission::No,
+    };
+    let Some(rec) = inner.read_allocation(&JobKey::from(id))? else {
         return Ok(free);
     };
     if !inner.instance_exists(&rec.instance)? {
         return Ok(free); // to an instance removed since: gone with it
     }
     if who.is_some_and(|w| w.instance == rec.instance) {
-        return Ok(true);
+        return Ok(Permission::Yes);
     }
     if rec.sticky || !handed_over(inner, &rec.instance)? {
-        return Ok(false);
+        return Ok(Permission::No);
     }
-    let Some(taken) = inner.take_allocation(&key, |r| r.nonce == rec.nonce)? else {
-        return Ok(false); // another puller handed it over first (or it was deallocated)
+    Ok(Permission::HandOver(rec))
+}
+
+/// Claims job `id` (index key `key`) for a pull as `who`, if its allocation allows: its own
+/// instance's, an unallocated one (a plain pull, or `who` taking unallocated jobs), or one
+/// handed over. A hand-over is made only once the claim is held: the allocation read is taken
+/// away (checked against its nonce) and given to `who`'s instance (if available; a plain pull
+/// leaves the job unallocated). If the allocation changed meanwhile, the claim is released.
+pub(crate) fn claim_as(
+    store: &Store,
+    key: &str,
+    id: JobId,
+    who: Option<&Affinity>,
+) -> Result<Option<WorkLease>> {
+    let seen = match permission(store, &id, who)? {
+        Permission::No => return Ok(None),
+        Permission::Yes => return store.claim_work(key, id),
+        Permission::HandOver(rec) => rec,
+    };
+    let Some(lease) = store.claim_work(key, id)? else {
+        return Ok(None);
+    };
+    let inner = &store.inner;
+    let job = JobKey::from(id);
+    let Some(taken) = inner.take_allocation(&job, |r| r.nonce == seen.nonce)? else {
+        // Deallocated or allocated anew meanwhile: not ours to hand over.
+        lease.release()?;
+        return Ok(None);
     };
     tracing::info!(
         "job {id}: instance {} is not running; its job is handed over",
@@ -204,11 +242,11 @@ pub(crate) fn may_take(store: &Store, id: &JobId, who: Option<&Affinity>) -> Res
             for_job: taken.for_job,
         };
         // Best effort: if this instance is not available, the job stays unallocated.
-        if let Err(e) = store.allocate_flagged(&key, &me, flags) {
+        if let Err(e) = store.allocate_flagged(&job, &me, flags) {
             tracing::debug!("job {id} left unallocated: {e}");
         }
     }
-    Ok(true)
+    Ok(Some(lease))
 }
 
 /// Whether an instance's non-sticky jobs go to others: it died (joined, then stopped
@@ -224,33 +262,34 @@ fn handed_over(inner: &Inner, instance: &InstanceId) -> Result<bool> {
     )
 }
 
-/// Claims the best job allocated to `who`'s instance whose class lies in `range`, if any:
-/// its allocation entries, in pull order (highest priority first, then oldest).
-fn pull_own(store: &Store, who: &Affinity, range: &ClassRange) -> Result<Option<WorkLease>> {
-    let inner = &store.inner;
-    let dir = inner.layout.instance_jobs(who.instance.as_str());
+/// The jobs allocated to `instance` whose class lies in `range` and whose pending entry
+/// exists, as (pending key, id) in pull order (highest priority first, then oldest). Reads
+/// the instance's allocation entries, and the record of each job once per process.
+fn allocated_pending(
+    inner: &Inner,
+    instance: &InstanceId,
+    range: &ClassRange,
+) -> Result<Vec<(String, JobId)>> {
+    let dir = inner.layout.instance_jobs(instance.as_str());
     if !real_dir(&dir)? {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let names = list_names(&dir)?;
-    let mut candidates: Vec<(String, String)> = {
+    let mut candidates: Vec<String> = {
         let mut all = inner
             .own_jobs
             .known
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let known = all.entry(who.instance.clone()).or_default();
+        let known = all.entry(instance.clone()).or_default();
         let listed: HashSet<&String> = names.iter().collect();
         known.retain(|name, _| listed.contains(name));
         for name in &names {
             if known.contains_key(name) {
                 continue;
             }
-            let Some((key, nonce)) = parse_allocation_entry(name) else {
-                known.insert(name.clone(), None);
-                continue;
-            };
-            let Ok(id) = key.parse::<JobId>() else {
+            let Some(id) = parse_allocation_entry(name).and_then(|(k, _)| k.parse::<JobId>().ok())
+            else {
                 known.insert(name.clone(), None); // an atributo key, not a job of this store
                 continue;
             };
@@ -260,37 +299,78 @@ fn pull_own(store: &Store, who: &Affinity, range: &ClassRange) -> Result<Option<
                 }
                 // Not made yet (create allocates first) or removed: ask again next time.
                 Err(Error::NotFound(_)) => {}
-                Err(e) => tracing::debug!("allocation entry {name} ({nonce}): {e}"),
+                Err(e) => tracing::debug!("allocation entry {name}: {e}"),
             }
         }
         known
-            .iter()
-            .filter_map(|(name, key)| key.clone().map(|k| (k, name.clone())))
-            .filter(|(k, _)| range.contains(k))
+            .values()
+            .flatten()
+            .filter(|k| range.contains(k))
+            .cloned()
             .collect()
     };
-    candidates.sort();
-    for (key, _) in candidates {
+    candidates.sort_unstable();
+    candidates.dedup();
+    let mut out = Vec::with_capacity(candidates.len());
+    for key in candidates {
         if !exists(&inner.work.path(&key))? {
             continue; // delayed, finished, or not indexed yet
         }
-        let Some(id) = crate::index::split_key(&key).and_then(|(_, _, n)| n.parse::<JobId>().ok())
-        else {
-            continue;
-        };
-        // The entry is a cache: the allocation must still name this instance.
-        match inner.read_allocation(&JobKey::from(&id)) {
-            Ok(Some(r)) if r.instance == who.instance => {}
-            Ok(_) => continue,
-            Err(e) => {
-                tracing::warn!("skipping job {id}: {e}");
-                continue;
-            }
+        if let Some(id) = split_key(&key).and_then(|(_, _, n)| n.parse::<JobId>().ok()) {
+            out.push((key, id));
         }
-        match store.claim_work(&key, id) {
+    }
+    Ok(out)
+}
+
+/// Claims the first of `candidates` that a pull as `who` may take (`claim_as`, which hands a
+/// job over when it must).
+fn claim_first(
+    store: &Store,
+    who: Option<&Affinity>,
+    candidates: Vec<(String, JobId)>,
+) -> Result<Option<WorkLease>> {
+    for (key, id) in candidates {
+        match claim_as(store, &key, id, who) {
             Ok(Some(lease)) => return Ok(Some(lease)),
             Ok(None) => {}
             Err(e) => tracing::warn!("skipping {key}: {e}"),
+        }
+    }
+    Ok(None)
+}
+
+/// Claims the best job of an instance other than `who`'s that hands its jobs over (dead, or
+/// unavailable and absent): instances in name order, each one's jobs in pull order.
+fn pull_handed_over(
+    store: &Store,
+    who: Option<&Affinity>,
+    range: &ClassRange,
+) -> Result<Option<WorkLease>> {
+    let inner = &store.inner;
+    if !real_dir(&inner.layout.instances)? {
+        return Ok(None);
+    }
+    let mut names = list_names(&inner.layout.instances)?;
+    names.sort_unstable();
+    for name in names {
+        let Ok(other) = InstanceId::new(name) else {
+            continue; // foreign: recover quarantines it
+        };
+        if who.is_some_and(|w| w.instance == other) {
+            continue;
+        }
+        match handed_over(inner, &other) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!("instance {other}: {e}");
+                continue;
+            }
+        }
+        let candidates = allocated_pending(inner, &other, range)?;
+        if let Some(lease) = claim_first(store, who, candidates)? {
+            return Ok(Some(lease));
         }
     }
     Ok(None)
@@ -306,12 +386,16 @@ pub(crate) fn release_finished(inner: &Inner, id: &JobId) -> Result<()> {
 }
 
 impl Store {
-    /// Claims a job as an instance ([`Affinity`]): the best job allocated to it, else the
-    /// best job it may take in pull order (a dead instance's non-sticky job; with
-    /// [`Affinity::unallocated`], a job allocated to no instance), or `None` at once.
+    /// Claims a job as an instance ([`Affinity`]), or returns `None` at once: the best job
+    /// allocated to it; else, with [`Affinity::unallocated`], the best job in pull order that
+    /// is allocated to no instance or to an instance that hands its jobs over; else a
+    /// non-sticky job of an instance that hands its jobs over (dead, or unavailable with no
+    /// process joined as it), which becomes this instance's.
     ///
-    /// Cost: one listing of the instance's allocation entries and one `stat` per job allocated
-    /// to it, plus the read of one allocation file per job met in pull order.
+    /// Cost: a listing of the instance's allocation entries and a `stat` per job allocated to
+    /// it; a listing of `instances/` and a liveness check per instance; with `unallocated`, a
+    /// pull of the shared index that reads one allocation file per job it meets. Without
+    /// `unallocated` the shared index is never read, whatever its backlog.
     ///
     /// ```
     /// use jobdir::{Affinity, CreateOptions};
@@ -377,17 +461,34 @@ impl Store {
         self.pull_blocking(Channel::Work, timeout, || self.pull_work_as(who))
     }
 
-    /// A pull limited to `range`, as `who` (or as no instance).
+    /// A pull limited to `range`, as `who` (or as no instance: the shared index only).
+    ///
+    /// As an instance: its own jobs (from its allocation entries); then, if it takes
+    /// unallocated jobs, the shared index in pull order (unallocated jobs, and jobs of
+    /// instances that hand theirs over); then the jobs of instances that hand theirs over,
+    /// from their allocation entries — which also finds a job the shared index skipped while
+    /// its instance was alive. An instance that takes no unallocated job never reads the
+    /// shared index, whatever its backlog.
     pub(crate) fn pull_work_scoped(
         &self,
         range: &ClassRange,
         who: Option<&Affinity>,
     ) -> Result<Option<WorkLease>> {
-        if let Some(w) = who
-            && let Some(lease) = pull_own(self, w, range)?
+        let Some(w) = who else {
+            return self.pull_next_in(LeaseKind::Work, range, |key| self.try_work(key, None));
+        };
+        // Due delayed jobs (a failed attempt's backoff) become pending first, as in any pull.
+        self.inner.before_pull(LeaseKind::Work)?;
+        let own = allocated_pending(&self.inner, &w.instance, range)?;
+        if let Some(lease) = claim_first(self, who, own)? {
+            return Ok(Some(lease));
+        }
+        if w.unallocated
+            && let Some(lease) =
+                self.pull_next_in(LeaseKind::Work, range, |key| self.try_work(key, who))?
         {
             return Ok(Some(lease));
         }
-        self.pull_next_in(LeaseKind::Work, range, |key| self.try_work(key, who))
+        pull_handed_over(self, who, range)
     }
 }

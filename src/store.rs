@@ -316,23 +316,14 @@ impl Inner {
         refreshed: &mut bool,
         range: &ClassRange,
     ) -> Result<Option<String>> {
-        let (inbox, closed) = {
+        let inbox = {
             let mut st = self.signals.lock();
-            let inbox = match kind {
+            match kind {
                 LeaseKind::Work => std::mem::take(&mut st.work),
                 LeaseKind::Notify => std::mem::take(&mut st.notify),
-            };
-            (inbox, std::mem::take(&mut st.leases_closed))
+            }
         };
-        if !closed.is_empty() {
-            lease::scan(self, Some(closed))?;
-        }
-        self.maybe_scan_leases()?;
-        if kind == LeaseKind::Work
-            && let Err(e) = self.promote_delayed()
-        {
-            tracing::warn!("cannot promote delayed jobs: {e}");
-        }
+        self.before_pull(kind)?;
         let index = self.index(kind);
         let mut fr = lock(self.frontier(kind));
         let mut watch = lock(&self.watch);
@@ -351,6 +342,22 @@ impl Inner {
             return fr.frontier.next_in(index, &mut watch, range);
         }
         Ok(next)
+    }
+
+    /// What every pull does first: handles lease files whose holder closed them, observes
+    /// every lease file once per heartbeat interval, and (for work) promotes due delayed jobs.
+    pub(crate) fn before_pull(&self, kind: LeaseKind) -> Result<()> {
+        let closed = std::mem::take(&mut self.signals.lock().leases_closed);
+        if !closed.is_empty() {
+            lease::scan(self, Some(closed))?;
+        }
+        self.maybe_scan_leases()?;
+        if kind == LeaseKind::Work
+            && let Err(e) = self.promote_delayed()
+        {
+            tracing::warn!("cannot promote delayed jobs: {e}");
+        }
+        Ok(())
     }
 
     /// Observes every lease file once per heartbeat interval, so expired leases are found.

@@ -384,10 +384,7 @@ impl Store {
         let Some(id) = split_key(key).and_then(|(_, _, n)| n.parse::<JobId>().ok()) else {
             return Ok(None); // foreign entry: recover quarantines it
         };
-        if !crate::affinity::may_take(self, &id, who)? {
-            return Ok(None);
-        }
-        self.claim_work(key, id)
+        crate::affinity::claim_as(self, key, id, who)
     }
 
     /// Claims the job `id` of index key `key` and admits it (or tidies what the claim found).

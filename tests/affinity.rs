@@ -416,3 +416,39 @@ fn recover_releases_the_allocation_of_a_job_that_is_gone() {
     assert_eq!(report.allocations_released, 1);
     assert_eq!(store.jobs(&w).unwrap(), [JobKey::from(kept)]);
 }
+
+#[test]
+fn a_failed_attempt_comes_back_to_its_instance_after_the_backoff() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path());
+    let w = iid("w");
+    store.available(&w).unwrap();
+    let policy = jobdir::RetryPolicy::default()
+        .with_max_attempts(3)
+        .with_backoff(Duration::from_millis(50), Duration::from_millis(50));
+    let id = store
+        .create_with(
+            &"flaky",
+            CreateOptions::default().instance(w.clone()).retry(policy),
+        )
+        .unwrap();
+    // An instance that takes no unallocated job never reads the shared index: the delayed
+    // retry must still be promoted by its pulls.
+    let who = Affinity::new(w);
+    let first = store.pull_work_as(&who).unwrap().expect("its job");
+    assert!(matches!(
+        first.fail("flaky").unwrap(),
+        jobdir::Failure::Retrying { .. }
+    ));
+    let again = store
+        .pull_work_timeout_as(&who, PATIENCE)
+        .unwrap()
+        .expect("back after the backoff");
+    assert_eq!((again.id(), again.attempt()), (id, 2));
+    again.fulfill(b"ok").unwrap();
+    assert_eq!(
+        store.get(&id).unwrap().instance,
+        None,
+        "released with the job"
+    );
+}

@@ -8,15 +8,22 @@
 //! store (a process restart) — and, with the `fault-injection` feature, a holder that dies (its
 //! lease must then be taken over, and counts as a failed attempt).
 //!
+//! Work affinity (FORMAT.md §9.11) too: create for one of two instances (sticky or not), pull
+//! as an instance (taking unallocated jobs or not), make an instance unavailable or available
+//! again, deallocate a job. No process joins as an instance, so an instance hands its
+//! non-sticky jobs over exactly while it is unavailable. Every pull must return the job the
+//! model says: own jobs first, then in pull order what that puller may take.
+//!
 //! Compared after every step, for every job: state, result, final error, the history of failed
-//! attempts, attempts, waiting targets; and the store's counts per state.
+//! attempts, attempts, waiting targets, its instance and stickiness; and the store's counts per
+//! state.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use jobdir::{
-    CreateOptions, Error, Failure, JobId, JobState, NotificationLease, RetryPolicy, Store,
-    WorkLease,
+    Affinity, CreateOptions, Error, Failure, InstanceId, JobId, JobKey, JobState,
+    NotificationLease, Removal, RetryPolicy, Store, WorkLease,
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -39,6 +46,20 @@ enum Op {
     DropNote(usize),
     Recover,
     Reopen,
+    /// Priority, instance (0 or 1), sticky.
+    CreateFor(i32, u8, bool),
+    /// Instance, takes unallocated jobs.
+    PullAs(u8, bool),
+    Unavailable(u8),
+    Available(u8),
+    Deallocate(usize),
+}
+
+/// The model's instances: `i0` and `i1`.
+const INSTANCES: u8 = 2;
+
+fn inst(k: u8) -> InstanceId {
+    format!("i{k}").parse().unwrap()
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -59,6 +80,11 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::DropNote),
         1 => Just(Op::Recover),
         1 => Just(Op::Reopen),
+        2 => (0i32..3, 0..INSTANCES, any::<bool>()).prop_map(|(p, k, s)| Op::CreateFor(p, k, s)),
+        3 => (0..INSTANCES, any::<bool>()).prop_map(|(k, u)| Op::PullAs(k, u)),
+        1 => (0..INSTANCES).prop_map(Op::Unavailable),
+        1 => (0..INSTANCES).prop_map(Op::Available),
+        1 => any::<usize>().prop_map(Op::Deallocate),
     ]
 }
 
@@ -89,6 +115,8 @@ struct MJob {
     note_held: bool,
     /// Targets queued (again) while the notification was held: `done` must keep them.
     queued_while_held: BTreeSet<String>,
+    /// The instance it is allocated to, and whether sticky (gone once it finishes).
+    instance: Option<(u8, bool)>,
 }
 
 impl MJob {
@@ -105,6 +133,23 @@ struct World {
     /// Leases (job, attempt) ended under their holder by a cancellation.
     lost: BTreeSet<(JobId, u64)>,
     notes: Vec<NotificationLease>,
+    /// Which instances are available (none is ever live: no process joins).
+    available: [bool; INSTANCES as usize],
+}
+
+/// Whether a pull as `who` (instance, takes unallocated; none: a plain pull) may take `j`.
+fn may_take(j: &MJob, who: Option<(u8, bool)>, available: &[bool]) -> bool {
+    match j.instance {
+        None => who.is_none_or(|(_, u)| u),
+        Some((x, sticky)) => {
+            who.is_some_and(|(y, _)| y == x) || (!sticky && !available[x as usize])
+        }
+    }
+}
+
+/// The first of `jobs` in pull order (highest priority first, then oldest).
+fn first_of<'a>(jobs: impl Iterator<Item = &'a MJob>) -> Option<JobId> {
+    jobs.min_by_key(|j| (-j.priority, j.seq)).map(|j| j.id)
 }
 
 fn target(t: u8) -> Value {
@@ -115,6 +160,9 @@ impl World {
     fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
+        for k in 0..INSTANCES {
+            store.available(&inst(k)).unwrap();
+        }
         World {
             dir,
             store,
@@ -122,6 +170,7 @@ impl World {
             leases: Vec::new(),
             lost: BTreeSet::new(),
             notes: Vec::new(),
+            available: [true; INSTANCES as usize],
         }
     }
 
@@ -130,19 +179,60 @@ impl World {
     }
 
     fn apply(&mut self, op: &Op) {
+        self.apply_op(op);
+        // A job's allocation goes when it finishes (a manual retry runs it for no instance).
+        for j in &mut self.jobs {
+            if j.finished() {
+                j.instance = None;
+            }
+        }
+    }
+
+    /// Takes a job as `who` (none: a plain pull): a hand-over gives it to `who`'s instance if
+    /// that is available, else to none.
+    fn took(&mut self, id: JobId, who: Option<(u8, bool)>) {
+        let available = self.available;
+        let j = self.job(id);
+        assert!(
+            may_take(j, who, &available),
+            "{who:?} took a job it may not: {j:?}"
+        );
+        if let Some((x, _)) = j.instance
+            && who.map(|w| w.0) != Some(x)
+        {
+            j.instance = match who {
+                Some((y, _)) if available[y as usize] => Some((y, false)),
+                _ => None,
+            };
+        }
+    }
+
+    fn apply_op(&mut self, op: &Op) {
         match *op {
-            Op::Create(p) => {
-                let id = self
+            Op::Create(p) | Op::CreateFor(p, _, _) => {
+                let mut opts = CreateOptions::default().priority(p).retry(
+                    RetryPolicy::default()
+                        .with_max_attempts(MAX_ATTEMPTS)
+                        .with_backoff(Duration::ZERO, Duration::ZERO),
+                );
+                let mut instance = None;
+                if let Op::CreateFor(_, k, sticky) = *op {
+                    opts = opts.instance(inst(k)).sticky(sticky);
+                    instance = Some((k, sticky));
+                }
+                let created = self
                     .store
-                    .create_with(
-                        &json!({"seq": self.jobs.len()}),
-                        CreateOptions::default().priority(p).retry(
-                            RetryPolicy::default()
-                                .with_max_attempts(MAX_ATTEMPTS)
-                                .with_backoff(Duration::ZERO, Duration::ZERO),
-                        ),
-                    )
-                    .unwrap();
+                    .create_with(&json!({"seq": self.jobs.len()}), opts);
+                if let Some((k, _)) = instance
+                    && !self.available[k as usize]
+                {
+                    assert!(
+                        matches!(created, Err(Error::InvalidOption(_))),
+                        "{created:?}"
+                    );
+                    return;
+                }
+                let id = created.unwrap();
                 let seq = self.jobs.len();
                 self.jobs.push(MJob {
                     id,
@@ -158,20 +248,51 @@ impl World {
                     targets: BTreeSet::new(),
                     note_held: false,
                     queued_while_held: BTreeSet::new(),
+                    instance,
                 });
             }
-            Op::Pull => {
-                let mut pending: Vec<&MJob> = self
-                    .jobs
-                    .iter()
-                    .filter(|j| !j.finished() && !j.held)
-                    .collect();
-                pending.sort_by_key(|j| (-j.priority, j.seq));
-                let first = pending.first().map(|j| j.id);
-                match self.store.pull_work().unwrap() {
-                    None => assert_eq!(first, None, "a pending job was not pulled"),
+            Op::Pull | Op::PullAs(_, _) => {
+                let who = match *op {
+                    Op::PullAs(k, u) => Some((k, u)),
+                    _ => None,
+                };
+                let available = self.available;
+                let pending = || self.jobs.iter().filter(|j| !j.finished() && !j.held);
+                let first = match who {
+                    None => first_of(pending().filter(|j| may_take(j, None, &available))),
+                    // Own jobs first; then, taking unallocated jobs, whatever it may take in
+                    // pull order; then the jobs handed over, instance by instance.
+                    Some((y, u)) => {
+                        first_of(pending().filter(|j| j.instance.is_some_and(|i| i.0 == y)))
+                            .or_else(|| {
+                                u.then(|| {
+                                    first_of(pending().filter(|j| may_take(j, who, &available)))
+                                })
+                                .flatten()
+                            })
+                            .or_else(|| {
+                                (0..INSTANCES)
+                                    .filter(|&x| x != y && !available[x as usize])
+                                    .find_map(|x| {
+                                        first_of(
+                                            pending().filter(|j| j.instance == Some((x, false))),
+                                        )
+                                    })
+                            })
+                    }
+                };
+                let pulled = match who {
+                    None => self.store.pull_work().unwrap(),
+                    Some((k, u)) => self
+                        .store
+                        .pull_work_as(&Affinity::new(inst(k)).unallocated(u))
+                        .unwrap(),
+                };
+                match pulled {
+                    None => assert_eq!(first, None, "a pending job was not pulled as {who:?}"),
                     Some(lease) => {
                         let id = lease.id();
+                        self.took(id, who);
                         let j = self.job(id);
                         assert!(!j.finished());
                         assert!(
@@ -460,6 +581,24 @@ impl World {
                     .open()
                     .unwrap();
             }
+            Op::Unavailable(k) => {
+                self.store.unavailable(&inst(k), Removal::Keep).unwrap();
+                self.available[k as usize] = false;
+            }
+            Op::Available(k) => {
+                self.store.available(&inst(k)).unwrap();
+                self.available[k as usize] = true;
+            }
+            Op::Deallocate(i) => {
+                if self.jobs.is_empty() {
+                    return;
+                }
+                let n = self.jobs.len();
+                let j = &mut self.jobs[i % n];
+                let freed = self.store.deallocate(&JobKey::from(j.id)).unwrap();
+                assert_eq!(freed, j.instance.map(|(k, _)| inst(k)), "{j:?}");
+                j.instance = None;
+            }
         }
     }
 
@@ -513,6 +652,8 @@ impl World {
             assert_eq!(info.attempts, j.attempts, "{j:?}");
             let waiting: BTreeSet<String> = info.waiting.iter().map(|v| v.to_string()).collect();
             assert_eq!(waiting, j.targets);
+            assert_eq!(info.instance, j.instance.map(|(k, _)| inst(k)), "{j:?}");
+            assert_eq!(info.sticky, j.instance.is_some_and(|(_, s)| s), "{j:?}");
         }
         if self.jobs.iter().all(|j| !j.dead_holder) {
             let c = self.store.counts().unwrap();
