@@ -312,8 +312,20 @@ fn sweep_index(inner: &Inner, first: bool, report: &mut RecoveryReport) -> Resul
             } else {
                 job_gone || !inner.has_targets(&id)?
             };
-            if stale && remove_file_if_exists(&path)? {
-                report.entries_removed += 1;
+            if stale {
+                crate::fault::pause("recover.before_unlink");
+                let removed = remove_file_if_exists(&path)?;
+                // A manual retry (FORMAT.md §6.23) may have set the outcome aside and added
+                // this very entry since the check above: then the entry is needed again, as a
+                // pull finds in the same race (§6.11 Done).
+                if is_work
+                    && !exists(&inner.layout.result_dir(&id))?
+                    && exists(&inner.layout.job_dir(&id))?
+                {
+                    inner.work.add(&inner.fs, &key)?;
+                } else if removed {
+                    report.entries_removed += 1;
+                }
             }
         }
     }

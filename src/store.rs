@@ -1066,8 +1066,10 @@ impl Store {
     }
 
     /// When a job that is neither held nor finished becomes pullable, if that is still ahead:
-    /// its `not_before`, or the `retry_at` its last failed attempt recorded — unless a pending
-    /// entry says it is pullable already.
+    /// its `not_before`, or the time its last counted failed attempt allows the next one (the
+    /// `retry_at` a failing holder recorded; after a run timeout or an expired lease, the end
+    /// of that attempt plus the backoff). A claim before that time defers the job to it
+    /// (FORMAT.md §6.21), whether or not a pending entry names it.
     pub(crate) fn run_at(
         &self,
         id: &JobId,
@@ -1075,25 +1077,8 @@ impl Store {
         attempts: u64,
     ) -> Result<Option<SystemTime>> {
         let layout = &self.inner.layout;
-        if exists(&self.inner.work.path(&pending_key(id, rec.priority)))? {
-            return Ok(None);
-        }
-        let mut at = rec.not_before_time();
-        if attempts > 0 {
-            let note = layout
-                .epoch_dir(LeaseKind::Work, id, attempts)
-                .join("failed")
-                .join("error.json");
-            if let Ok(bytes) = read_file(&note, 64 * 1024)
-                && let Ok(v) = serde_json::from_slice::<Value>(&bytes)
-                && let Some(t) = v
-                    .get("retry_at")
-                    .and_then(|t| t.as_str())
-                    .and_then(|t| humantime::parse_rfc3339(t).ok())
-            {
-                at = Some(at.map_or(t, |a| a.max(t)));
-            }
-        }
+        let counted = crate::retry::counted(layout, id, attempts + 1)?;
+        let at = crate::retry::run_at(layout, id, rec, &counted);
         Ok(at.filter(|t| *t > SystemTime::now()))
     }
 
@@ -1107,6 +1092,7 @@ impl Store {
         if outcome::finish_unfenced(&self.inner, id, &outcome)? {
             outcome::end_holder(&self.inner, id, "deadline")?;
             self.inner.after_fulfilled(id, rec.priority)?;
+            crate::retry::reindex_if_retried(&self.inner, id, rec.priority)?;
         }
         Ok(())
     }
@@ -1144,8 +1130,11 @@ impl Store {
             });
         }
         crate::fault::point("cancel.after_outcome");
+        crate::fault::pause("cancel.after_outcome");
         outcome::end_holder(inner, id, "cancelled")?;
-        inner.after_fulfilled(id, rec.priority)
+        inner.after_fulfilled(id, rec.priority)?;
+        // A manual retry between the outcome and the unlink above needs its entry back.
+        crate::retry::reindex_if_retried(inner, id, rec.priority)
     }
 
     /// Runs a failed, cancelled or expired job again, with a fresh attempt budget: its outcome

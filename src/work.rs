@@ -250,7 +250,11 @@ impl WorkLease {
     /// then `held/` → `result/`, as a fenced fulfilment does.
     fn commit_outcome(self, outcome: &OutcomeRecord) -> Result<()> {
         self.write_held("outcome.json", &outcome.to_bytes()?)?;
-        self.commit()
+        let (store, id, priority) = (self.store.clone(), self.record.id, self.record.priority);
+        self.commit()?;
+        // A manual retry between the commit and its unlink of the pending entry needs the
+        // entry back.
+        crate::retry::reindex_if_retried(&store.inner, &id, priority)
     }
 
     /// Gives the job back: it is pending again at once (its attempt count stays). Fails with
@@ -269,8 +273,11 @@ impl WorkLease {
 
     /// Applies the job's limits to a fresh claim: a job past its deadline or pickup timeout is
     /// finished as expired, a job out of attempts (expired leases and run timeouts count) as
-    /// failed — both under this lease, then the pull goes on. Otherwise arms the run timeout
-    /// and deadline on the heartbeat and hands the job out.
+    /// failed — both under this lease, then the pull goes on. A job that is not pullable now
+    /// (its run-at time is ahead: `not_before`, the backoff after a failure, run timeout or
+    /// expired lease; or its pending entry is gone and a delayed entry holds it) is deferred:
+    /// see [`defer`](Self::defer). Otherwise arms the run timeout and deadline on the heartbeat
+    /// and hands the job out.
     fn admit(self) -> Result<Option<WorkLease>> {
         let inner = &self.store.inner;
         let rec = &self.record;
@@ -280,22 +287,39 @@ impl WorkLease {
             self.commit_outcome(&outcome)?;
             return Ok(None);
         }
+        let counted = crate::retry::counted(&inner.layout, &rec.id, self.state.epoch)?;
         if self.state.epoch > 1 {
             let policy = rec.retry_policy();
-            let failed = crate::retry::failures(&inner.layout, &rec.id, self.state.epoch)?;
-            if failed.len() as u32 >= policy.max_attempts() {
-                let last = failed.last().map(|f| f.error.as_str()).unwrap_or("failed");
+            if counted.len() as u32 >= policy.max_attempts() {
+                let last = counted
+                    .last()
+                    .map(|(f, _)| f.error.as_str())
+                    .unwrap_or("failed");
                 let outcome = OutcomeRecord::new(
                     JobState::Failed,
                     format!(
                         "{last} (attempt {} of {})",
-                        failed.len(),
+                        counted.len(),
                         policy.max_attempts()
                     ),
                 );
                 self.commit_outcome(&outcome)?;
                 return Ok(None);
             }
+        }
+        // Pullable now? The key this claim came from may be stale: another process's frontier
+        // can hold it after a failing holder removed the entry (§6.19), a stale delayed entry
+        // may have been promoted, a run timeout or an expired lease leaves the entry in place.
+        let pending = exists(&inner.work.path(&self.key))?;
+        let run_at = crate::retry::run_at(&inner.layout, &rec.id, rec, &counted);
+        if let Some(at) = run_at.filter(|t| *t > now) {
+            return self.defer(crate::delayed::ms_of(at).max(crate::delayed::now_ms() + 1));
+        }
+        if !pending {
+            // Due, but without its pending entry (a delayed entry not promoted yet, or the
+            // window of `fail`'s re-add): it runs now, and keeps an entry should it be
+            // released or its holder die.
+            inner.work.add(&inner.fs, &self.key)?;
         }
         let run = rec.run_timeout_ms.map(|ms| {
             (
@@ -328,6 +352,35 @@ impl WorkLease {
             self.state.set_limit(Some(TimeLimit { at, kind }));
         }
         Ok(Some(self))
+    }
+
+    /// Ends a claim of a job that is not pullable before `due` (ms) without running it, and
+    /// makes sure the job waits for `due` in the delayed index: the delayed entry is added
+    /// (durable), then the pending entry removed, then the lease ended as `released` (not a
+    /// failed attempt), then — as [`fail`](Self::fail) does — the pending entry is put back if
+    /// a puller promoted the delayed entry in between. Never leaves the job without an entry.
+    fn defer(self, due: u64) -> Result<Option<WorkLease>> {
+        let inner = &self.store.inner;
+        let st = &self.state;
+        let id = st.id;
+        let class = crate::layout::priority_class(self.record.priority);
+        inner.delayed.add(&inner.fs, due, &class, &id)?;
+        inner.work.remove(&self.key)?;
+        let ended = st.end("released");
+        if !exists(&inner.delayed.entry_path(due, &class, &id))? {
+            inner.work.add(&inner.fs, &self.key)?;
+            inner.offer(LeaseKind::Work, self.key.clone());
+        }
+        inner.note_due(due);
+        tracing::debug!(
+            "job {id} is not due before {due} ms: claim {} deferred",
+            st.epoch
+        );
+        match ended {
+            // Cancelled meanwhile: the pull goes on.
+            Ok(()) | Err(Error::LeaseLost(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn release_inner(&self) -> Result<()> {

@@ -413,13 +413,16 @@ fn a_failing_program_releases_the_job_and_attempts_grow() {
     );
     let job = env.get(&id);
     assert_eq!(job["state"], "pending");
-    assert_eq!(job["attempts"], 3);
+    // Three failed attempts. A pull from a key this process still held during a backoff is
+    // deferred (FORMAT.md §6.21): it uses a claim number but is not an attempt that ran.
+    assert_eq!(job["errors"].as_array().map(Vec::len), Some(3), "{job}");
+    assert!(job["attempts"].as_u64().is_some_and(|a| a >= 3), "{job}");
     assert!(job.get("result").is_none());
     // A later success fulfils it.
     env.ok(&["work", "--until-empty", "--", "cat"]);
     let job = env.get(&id);
     assert_eq!(job["state"], "fulfilled");
-    assert_eq!(job["attempts"], 4);
+    assert!(job["attempts"].as_u64().is_some_and(|a| a >= 4), "{job}");
     assert_eq!(job["result"], "\"task\"");
 }
 

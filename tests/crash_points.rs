@@ -275,8 +275,23 @@ fn check_point(point: &str) {
         report.quarantined.is_empty(),
         "{point}: a crash made junk: {report:?}"
     );
-    while let Some(job) = fresh.pull_work().unwrap() {
-        job.fulfill("after recovery").unwrap();
+    // A job whose holder died in the crash is taken over (an expired lease: a failed attempt)
+    // and runs again after its backoff (FORMAT.md §6.21), so wait until nothing is left.
+    let patience = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match fresh.pull_work_timeout(Duration::from_millis(200)).unwrap() {
+            Some(job) => job.fulfill("after recovery").unwrap(),
+            None => {
+                let c = fresh.counts().unwrap();
+                if c.pending + c.delayed + c.running == 0 {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < patience,
+                    "{point}: work left: {c:?}"
+                );
+            }
+        }
     }
     let mut delivered_after = HashSet::new();
     while let Some(note) = fresh.pull_notification().unwrap() {

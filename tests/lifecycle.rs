@@ -464,12 +464,20 @@ fn an_expired_lease_counts_as_a_failed_attempt() {
             ],
         );
         let info = if max == 2 {
-            // One attempt left: it runs again.
+            // One attempt left: it runs again, after the backoff (default: 1 s, jittered to
+            // at least half of it) measured from the takeover. The claim that took the lease
+            // over was deferred (attempt 2), so it runs as attempt 3.
             let line = worker.expect_line("fulfilled ");
-            assert!(line.starts_with(&format!("fulfilled {id} 2 ")), "{line}");
+            assert!(line.starts_with(&format!("fulfilled {id} 3 ")), "{line}");
+            let at: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!(
+                at >= ms(ended_at(d, &id, 1)) + 500,
+                "ran during its backoff: {line}"
+            );
             worker.finish();
             let info = store.get(&id).unwrap();
             assert_eq!(info.state, JobState::Fulfilled);
+            assert!(job_dir(d, &id).join("claims/0000000002/released").is_dir());
             info
         } else {
             // None left: the claimer finishes it as failed and finds nothing else to do.
@@ -485,7 +493,7 @@ fn an_expired_lease_counts_as_a_failed_attempt() {
             );
             info
         };
-        assert_eq!(info.attempts, 2);
+        assert_eq!(info.attempts, max as u64 + 1);
         assert_eq!(info.errors[0].attempt, 1);
         assert!(info.errors[0].error.contains("lease expired"), "{info:?}");
         assert!(job_dir(d, &id).join("claims/0000000001/expired").is_dir());
@@ -652,7 +660,11 @@ fn a_run_timeout_tells_the_holder_and_counts_as_a_failed_attempt() {
     let store = open(d, 30_000, true);
     let opts = CreateOptions::default()
         .run_timeout(Duration::from_secs(1))
-        .retry(RetryPolicy::default().with_max_attempts(2));
+        .retry(
+            RetryPolicy::default()
+                .with_max_attempts(2)
+                .with_backoff(Duration::from_secs(4), Duration::from_secs(4)),
+        );
     let id = store.create_with(&json!({"n": 7}), opts).unwrap();
     let holder = spawn("hold", d, &[("JOBDIR_TEST_LEASE_MS", "1500")]);
     assert_eq!(holder.expect_line("holding "), format!("holding {id} 1"));
@@ -660,13 +672,21 @@ fn a_run_timeout_tells_the_holder_and_counts_as_a_failed_attempt() {
     assert_eq!(holder.expect_line("fulfill "), "fulfill refused");
     holder.finish();
     let info = store.get(&id).unwrap();
-    // Pullable again at once (no backoff after a run timeout), one failed attempt counted.
+    // One failed attempt counted; pending again after the backoff (4 s, jittered: 2 to 4 s)
+    // measured from the end of the attempt, which `get` reports as `run_at` until then.
     assert_eq!(info.state, JobState::Pending);
     assert_eq!(errors(&info), [(1, "run timeout".to_string())]);
     assert!(job_dir(d, &id).join("claims/0000000001/timedout").is_dir());
+    let end = ended_at(d, &id, 1);
+    if let Some(at) = info.run_at {
+        assert!(at >= end + Duration::from_secs(2) && at <= end + Duration::from_secs(4));
+    }
     let worker = spawn("worker", d, &[]);
     let line = worker.expect_line("fulfilled ");
-    assert!(line.starts_with(&format!("fulfilled {id} 2 ")), "{line}");
+    // The worker's first claim was deferred (attempt 2); attempt 3 ran, after the backoff.
+    assert!(line.starts_with(&format!("fulfilled {id} 3 ")), "{line}");
+    let at: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(at >= ms(end) + 2000, "ran during its backoff: {line}");
     worker.finish();
     assert_eq!(store.get(&id).unwrap().state, JobState::Fulfilled);
 }
@@ -995,4 +1015,151 @@ fn the_cli_validates_lifecycle_flags_before_touching_the_store() {
     fails(&d, &["retry", &other], 3);
     // Retrying a job that has not finished: exit 1.
     fails(&d, &["retry", &id.to_string()], 1);
+}
+
+/// The mtime of an epoch directory of a job: when that attempt ended (the rename of `held`).
+fn ended_at(dir: &Path, id: &JobId, epoch: u64) -> SystemTime {
+    std::fs::metadata(job_dir(dir, id).join(format!("claims/{epoch:010}")))
+        .unwrap()
+        .modified()
+        .unwrap()
+}
+
+/// A pull that returned a job must have done so at or after `at` (its run-at time).
+fn not_before(job: Option<jobdir::WorkLease>, at: SystemTime, what: &str) {
+    if let Some(job) = job {
+        let now = SystemTime::now();
+        assert!(
+            now >= at,
+            "{what}: attempt {} of {} started {} ms before its time",
+            job.attempt(),
+            job.id(),
+            ms(at) - ms(now)
+        );
+    }
+}
+
+#[test]
+fn a_stale_pull_key_in_another_handle_never_runs_a_job_during_its_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a = open(d, 30_000, true);
+    // Handle B keeps what its frontier loaded: no file events, no periodic re-read.
+    let b = Store::builder(d)
+        .lease(Duration::from_secs(30))
+        .poll_interval(Duration::from_secs(3600))
+        .file_events(false)
+        .open()
+        .unwrap();
+    let policy =
+        RetryPolicy::default().with_backoff(Duration::from_secs(4), Duration::from_secs(4));
+    let first = a.create(&json!("first")).unwrap();
+    let id = a
+        .create_with(&json!("second"), CreateOptions::default().retry(policy))
+        .unwrap();
+    // B loads both keys and takes the first job; the second job's key stays in its frontier.
+    let held = b.pull_work().unwrap().expect("the first job");
+    assert_eq!(held.id(), first);
+    // A takes the second job and fails it: backing off, its pending entry gone.
+    let job = a.pull_work().unwrap().expect("the second job");
+    assert_eq!(job.id(), id);
+    assert!(matches!(
+        job.fail("boom").unwrap(),
+        Failure::Retrying { .. }
+    ));
+    let retry_at = a.get(&id).unwrap().run_at.expect("backing off");
+    assert!(entries_of(d, "pending", &id).is_empty());
+    // B pulls from its stale key: the claim must not run the job.
+    not_before(b.pull_work().unwrap(), retry_at, "stale pending key");
+    if SystemTime::now() < retry_at {
+        let info = a.get(&id).unwrap();
+        assert_eq!(info.state, JobState::Pending);
+        assert_eq!(info.run_at, Some(retry_at));
+        assert_eq!(info.attempts, 2, "the deferred claim took a claim number");
+        assert_eq!(errors(&info), [(1, "boom".to_string())], "not a failure");
+        assert!(job_dir(d, &id).join("claims/0000000002/released").is_dir());
+        assert!(entries_of(d, "pending", &id).is_empty());
+        assert_eq!(entries_of(d, "delayed", &id).len(), 1);
+    }
+    // After the backoff it runs, in B (which learnt the due time from its deferral).
+    let job = b
+        .pull_work_timeout(PATIENCE)
+        .unwrap()
+        .expect("the job, after its backoff");
+    assert_eq!(job.id(), id);
+    let attempt = job.attempt();
+    not_before(Some(job), retry_at, "after the backoff");
+    assert_eq!(attempt, 3);
+    drop(held);
+}
+
+#[test]
+fn a_stale_delayed_entry_does_not_run_a_job_before_its_retry_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let store = open(d, 30_000, true);
+    let policy =
+        RetryPolicy::default().with_backoff(Duration::from_secs(4), Duration::from_secs(4));
+    let id = store
+        .create_with(&json!("x"), CreateOptions::default().retry(policy))
+        .unwrap();
+    let job = store.pull_work().unwrap().unwrap();
+    assert!(matches!(
+        job.fail("boom").unwrap(),
+        Failure::Retrying { .. }
+    ));
+    let retry_at = store.get(&id).unwrap().run_at.expect("backing off");
+    // The entry an earlier backoff left (the job was cancelled and retried by hand while it
+    // waited, then failed again with a longer backoff): same job, due a minute ago.
+    let real = entries_of(d, "delayed", &id);
+    assert_eq!(real.len(), 1);
+    let name = real[0].file_name().unwrap().to_string_lossy().to_string();
+    let (due, rest) = name.split_once('.').unwrap();
+    let stale = format!("{:013}.{rest}", due.parse::<u64>().unwrap() - 60_000);
+    std::fs::write(real[0].with_file_name(stale), b"").unwrap();
+    // A pull promotes the stale entry; the claim must not run the job.
+    not_before(store.pull_work().unwrap(), retry_at, "stale delayed entry");
+    if SystemTime::now() < retry_at {
+        let info = store.get(&id).unwrap();
+        assert_eq!(
+            (info.state, info.run_at),
+            (JobState::Pending, Some(retry_at))
+        );
+        assert!(entries_of(d, "pending", &id).is_empty());
+        assert_eq!(
+            entries_of(d, "delayed", &id),
+            real,
+            "only the real entry is left"
+        );
+    }
+    let job = store
+        .pull_work_timeout(PATIENCE)
+        .unwrap()
+        .expect("the job, after its backoff");
+    not_before(Some(job), retry_at, "after the backoff");
+}
+
+#[test]
+fn a_claim_before_not_before_defers_a_retried_delayed_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let store = open(d, 30_000, true);
+    let id = store
+        .create_with(
+            &json!("x"),
+            CreateOptions::default().delay(Duration::from_secs(3)),
+        )
+        .unwrap();
+    let at = store.get(&id).unwrap().run_at.expect("delayed");
+    // Cancelled and retried by hand while it waits: the retry makes a pending entry at once.
+    store.cancel(&id, "").unwrap();
+    store.retry(&id).unwrap();
+    assert_eq!(entries_of(d, "pending", &id).len(), 1);
+    not_before(store.pull_work().unwrap(), at, "retried before not_before");
+    if SystemTime::now() < at {
+        assert!(entries_of(d, "pending", &id).is_empty());
+        assert_eq!(store.get(&id).unwrap().state, JobState::Delayed);
+    }
+    let job = store.pull_work_timeout(PATIENCE).unwrap().expect("the job");
+    not_before(Some(job), at, "at not_before");
 }

@@ -228,7 +228,12 @@ fn killed_holder_job_comes_back_well_before_the_lease_expires() {
         .expect("the killed holder's job comes back");
     let waited = killed_at.elapsed();
     assert_eq!(job.id(), id);
-    assert_eq!(job.attempt(), 2);
+    // Attempt 1 expired (taken over: a failed attempt); the claim that took it over found the
+    // job within its backoff (default 1 s) and deferred it (attempt 2, released; a key this
+    // process still held may defer it once more); then it runs.
+    assert!(job.attempt() >= 3, "attempt {}", job.attempt());
+    let errors = store.get(&id).unwrap().errors;
+    assert_eq!(errors.len(), 1, "{errors:?}");
     // Liveness bound only: the lease is 30 s; same-host death is seen through flock.
     assert!(waited < Duration::from_secs(20), "took {waited:?}");
     job.fulfill("9").unwrap();
@@ -260,7 +265,9 @@ fn stopped_holder_loses_its_lease_and_its_late_fulfil_is_refused() {
         .unwrap()
         .expect("taken over");
     assert_eq!(job.id(), id);
-    assert_eq!(job.attempt(), 2);
+    // Taken over (attempt 1 expired), deferred by its backoff (attempt 2, perhaps more from
+    // keys this process still held), then run.
+    assert!(job.attempt() >= 3, "attempt {}", job.attempt());
     job.fulfill("second").unwrap();
     holder.signal(libc::SIGCONT);
     assert_eq!(holder.expect_line("compromised "), "compromised true");
@@ -557,7 +564,9 @@ fn a_dead_holder_of_another_host_is_taken_over_only_after_its_lease() {
         .unwrap()
         .expect("taken over after the lease");
     assert_eq!(job.id(), id);
-    assert_eq!(job.attempt(), 2);
+    // Taken over (attempt 1 expired), deferred by its backoff (attempt 2, perhaps more from
+    // keys this process still held), then run.
+    assert!(job.attempt() >= 3, "attempt {}", job.attempt());
 }
 
 #[test]

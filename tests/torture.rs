@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jobdir::{
     Affinity, CompromiseReason, CreateOptions, Error, InstanceId, JobId, JobState, RecoverOptions,
@@ -50,6 +50,48 @@ fn mono_ns() -> u128 {
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+}
+
+/// Milliseconds since the Unix epoch (wall clock; one host, so comparable across processes).
+fn wall_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A time in a job's files (RFC 3339), in ms.
+fn rfc_ms(v: &serde_json::Value) -> Option<u64> {
+    Some(wall_ms(humantime::parse_rfc3339(v.as_str()?).ok()?))
+}
+
+/// The earliest time (ms) attempt `attempt` of a job may start, from its files alone: its
+/// `not_before`, and after its last failed attempt, that attempt's `retry_at` (a `fail`), or
+/// at least half the backoff after the attempt ended (a run timeout or an expired lease: the
+/// epoch directory's mtime; FORMAT.md §6.21).
+fn earliest_start(job_dir: &Path, attempt: u64, policy: &RetryPolicy) -> u64 {
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(job_dir.join("job.json")).unwrap()).unwrap();
+    let mut at = rfc_ms(&record["not_before"]).unwrap_or(0);
+    let mut failures = 0u32;
+    let mut last = None;
+    for e in 1..attempt {
+        let epoch = job_dir.join(format!("claims/{e:010}"));
+        if epoch.join("failed").is_dir() {
+            failures += 1;
+            let note: serde_json::Value = std::fs::read(epoch.join("failed/error.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            last = rfc_ms(&note["retry_at"]);
+        } else if epoch.join("expired").is_dir() || epoch.join("timedout").is_dir() {
+            failures += 1;
+            let ended = wall_ms(std::fs::metadata(&epoch).unwrap().modified().unwrap());
+            let half = policy.backoff_for(failures).as_millis() as u64 / 2;
+            last = Some(ended + half);
+        }
+    }
+    if let Some(l) = last {
+        at = at.max(l);
+    }
+    at
 }
 
 fn append(path: &Path, line: &str) {
@@ -105,7 +147,16 @@ fn helper() {
                 continue;
             };
             let n = job.request()["n"].as_u64().unwrap();
-            append(&log, &format!("exec {} {} {me}\n", job.id(), mono_ns()));
+            append(
+                &log,
+                &format!(
+                    "exec {} {} {} {} {me}\n",
+                    job.id(),
+                    mono_ns(),
+                    job.attempt(),
+                    wall_ms(SystemTime::now())
+                ),
+            );
             let (id, told) = (job.id(), log.clone());
             job.on_compromised(move |reason| {
                 if reason == CompromiseReason::Cancelled {
@@ -342,6 +393,7 @@ fn torture() {
     // Read what every process logged.
     let mut execs: HashMap<JobId, u64> = HashMap::new();
     let mut wrong_instance: Vec<(JobId, String)> = Vec::new();
+    let mut starts: Vec<(JobId, u64, u64)> = Vec::new();
     let mut failures = 0u64;
     let mut cancelled_held = 0u64;
     let mut delivered: HashMap<(JobId, String), Vec<u128>> = HashMap::new();
@@ -351,9 +403,10 @@ fn torture() {
         for line in text.lines() {
             let parts: Vec<&str> = line.split(' ').collect();
             match parts.as_slice() {
-                ["exec", id, _, who] => {
+                ["exec", id, _, attempt, wall, who] => {
                     let id: JobId = id.parse().unwrap();
                     *execs.entry(id).or_default() += 1;
+                    starts.push((id, attempt.parse().unwrap(), wall.parse().unwrap()));
                     if sticky.contains(&id) && *who != workers[0].as_str() {
                         wrong_instance.push((id, who.to_string()));
                     }
@@ -414,6 +467,22 @@ fn torture() {
         .filter(|(k, d)| delivered.get(*k).is_some_and(|ts| ts.iter().any(|t| t > d)))
         .count();
     let duplicate_work: u64 = execs.values().map(|&e| e.saturating_sub(1)).sum();
+    // No attempt started before its time: `not_before`, the `retry_at` of the failed attempt
+    // before it, or the backoff after a run timeout or an expired lease (kills make those).
+    let early: Vec<String> = starts
+        .iter()
+        .filter_map(|(id, attempt, wall)| {
+            let t = id.to_string();
+            let job_dir = dir.join("store/jobs").join(&t[34..]).join(&t);
+            let earliest = earliest_start(&job_dir, *attempt, &policy);
+            (*wall < earliest).then(|| {
+                format!(
+                    "{id} attempt {attempt} started {} ms early",
+                    earliest - wall
+                )
+            })
+        })
+        .collect();
     let leftover_leases = std::fs::read_dir(dir.join("store/leases")).unwrap().count();
     let leftover_tmp = std::fs::read_dir(dir.join("store/tmp")).unwrap().count();
     println!(
@@ -423,7 +492,7 @@ fn torture() {
          {cancelled_held}), lost {lost}, \
          changed or second results {changed}, wrong outcomes {}\n\
          executions {}, failed attempts {failures}, duplicate work (at-least-once and \
-         retries) {duplicate_work}\n\
+         retries) {duplicate_work}, started before their time {}\n\
          targets {}, delivered at least once {}, delivered after done {after_done}\n\
          after recover: leases {leftover_leases}, temporaries {leftover_tmp}, quarantined {}",
         elapsed.as_secs_f64(),
@@ -434,11 +503,16 @@ fn torture() {
         refused.len(),
         wrong_outcome.len(),
         execs.values().sum::<u64>(),
+        early.len(),
         queued.len(),
         queued.len() - undelivered,
         report.quarantined.len(),
     );
     assert_eq!(lost, 0, "jobs lost");
+    assert!(
+        early.is_empty(),
+        "attempts started before their time: {early:?}"
+    );
     assert_eq!(changed, 0, "results changed");
     assert!(wrong_outcome.is_empty(), "{wrong_outcome:?}");
     assert!(
