@@ -8,6 +8,11 @@
 //! store (a process restart) — and, with the `fault-injection` feature, a holder that dies (its
 //! lease must then be taken over, and counts as a failed attempt).
 //!
+//! Delays and deadlines, without waiting: a job created to run an hour later (delayed: no pull
+//! takes it; it can be cancelled; a manual retry of it is not generated, since its claims
+//! would be deferred), and a job created with a deadline already past (expired by the first
+//! `get`, and again after each manual retry).
+//!
 //! Work affinity (FORMAT.md §9.11) too: create for one of two instances (sticky or not), pull
 //! as an instance (taking unallocated jobs or not), make an instance unavailable or available
 //! again, deallocate a job. No process joins as an instance, so an instance hands its
@@ -48,6 +53,10 @@ enum Op {
     Reopen,
     /// Priority, instance (0 or 1), sticky.
     CreateFor(i32, u8, bool),
+    /// Priority; not pullable for an hour.
+    CreateLater(i32),
+    /// Priority; its deadline has passed already.
+    CreateExpired(i32),
     /// Instance, takes unallocated jobs.
     PullAs(u8, bool),
     Unavailable(u8),
@@ -85,6 +94,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..INSTANCES).prop_map(Op::Unavailable),
         1 => (0..INSTANCES).prop_map(Op::Available),
         1 => any::<usize>().prop_map(Op::Deallocate),
+        1 => (0i32..3).prop_map(Op::CreateLater),
+        1 => (0i32..3).prop_map(Op::CreateExpired),
     ]
 }
 
@@ -117,7 +128,17 @@ struct MJob {
     queued_while_held: BTreeSet<String>,
     /// The instance it is allocated to, and whether sticky (gone once it finishes).
     instance: Option<(u8, bool)>,
+    /// Created to run an hour later: delayed until then.
+    later: bool,
+    /// Created with a deadline already past: expired whenever it is unfinished and read.
+    past_deadline: bool,
 }
+
+/// The deadline of `CreateExpired` jobs, long past, and the error their expiry records.
+fn past_deadline() -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000)
+}
+const EXPIRED_ERROR: &str = "deadline 2001-09-09T01:46:40.000Z passed";
 
 impl MJob {
     fn finished(&self) -> bool {
@@ -180,8 +201,12 @@ impl World {
 
     fn apply(&mut self, op: &Op) {
         self.apply_op(op);
-        // A job's allocation goes when it finishes (a manual retry runs it for no instance).
         for j in &mut self.jobs {
+            // Read after every step (`check`): past its deadline, an unfinished job expires.
+            if j.past_deadline && !j.finished() && !j.held {
+                j.unfulfilled = Some((JobState::Expired, EXPIRED_ERROR.to_string()));
+            }
+            // A job's allocation goes when it finishes (a manual retry runs it for no instance).
             if j.finished() {
                 j.instance = None;
             }
@@ -209,16 +234,25 @@ impl World {
 
     fn apply_op(&mut self, op: &Op) {
         match *op {
-            Op::Create(p) | Op::CreateFor(p, _, _) => {
+            Op::Create(p) | Op::CreateFor(p, _, _) | Op::CreateLater(p) | Op::CreateExpired(p) => {
                 let mut opts = CreateOptions::default().priority(p).retry(
                     RetryPolicy::default()
                         .with_max_attempts(MAX_ATTEMPTS)
                         .with_backoff(Duration::ZERO, Duration::ZERO),
                 );
                 let mut instance = None;
-                if let Op::CreateFor(_, k, sticky) = *op {
-                    opts = opts.instance(inst(k)).sticky(sticky);
-                    instance = Some((k, sticky));
+                let (later, past) = (
+                    matches!(op, Op::CreateLater(_)),
+                    matches!(op, Op::CreateExpired(_)),
+                );
+                match *op {
+                    Op::CreateFor(_, k, sticky) => {
+                        opts = opts.instance(inst(k)).sticky(sticky);
+                        instance = Some((k, sticky));
+                    }
+                    Op::CreateLater(_) => opts = opts.delay(Duration::from_secs(3600)),
+                    Op::CreateExpired(_) => opts = opts.deadline(past_deadline()),
+                    _ => {}
                 }
                 let created = self
                     .store
@@ -249,6 +283,8 @@ impl World {
                     note_held: false,
                     queued_while_held: BTreeSet::new(),
                     instance,
+                    later,
+                    past_deadline: past,
                 });
             }
             Op::Pull | Op::PullAs(_, _) => {
@@ -257,7 +293,11 @@ impl World {
                     _ => None,
                 };
                 let available = self.available;
-                let pending = || self.jobs.iter().filter(|j| !j.finished() && !j.held);
+                let pending = || {
+                    self.jobs
+                        .iter()
+                        .filter(|j| !j.finished() && !j.held && !j.later)
+                };
                 let first = match who {
                     None => first_of(pending().filter(|j| may_take(j, None, &available))),
                     // Own jobs first; then, taking unallocated jobs, whatever it may take in
@@ -407,6 +447,9 @@ impl World {
                 }
                 let n = self.jobs.len();
                 let j = &mut self.jobs[i % n];
+                if j.later {
+                    return; // its claims would be deferred (attempts the model does not track)
+                }
                 let res = self.store.retry(&j.id);
                 if j.unfulfilled.is_none() {
                     assert!(matches!(res, Err(Error::WrongState { .. })), "{res:?}");
@@ -612,6 +655,8 @@ impl World {
                 *state
             } else if j.held {
                 JobState::Running
+            } else if j.later {
+                JobState::Delayed
             } else {
                 JobState::Pending
             };
@@ -627,7 +672,11 @@ impl World {
                 j.unfulfilled.as_ref().map(|u| u.1.as_str()),
                 "{j:?}"
             );
-            assert_eq!(info.run_at, None, "no backoff: {j:?}");
+            assert_eq!(
+                info.run_at.is_some(),
+                j.later && !j.finished(),
+                "no backoff; an hour for a job created later: {j:?}"
+            );
             // The history of failed attempts: every certain one, in order, and nothing else.
             let got: Vec<(u64, &str)> = info
                 .errors
@@ -662,7 +711,8 @@ impl World {
             assert_eq!(c.fulfilled, counts.get("fulfilled").copied().unwrap_or(0));
             assert_eq!(c.failed, counts.get("failed").copied().unwrap_or(0));
             assert_eq!(c.cancelled, counts.get("cancelled").copied().unwrap_or(0));
-            assert_eq!((c.delayed, c.expired), (0, 0));
+            assert_eq!(c.delayed, counts.get("delayed").copied().unwrap_or(0));
+            assert_eq!(c.expired, counts.get("expired").copied().unwrap_or(0));
         }
     }
 }
