@@ -22,7 +22,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::allocation::{AllocationFlags, AllocationRecord, Choice, HashRule, JobKey};
+use crate::allocation::{
+    AllocationFlags, AllocationRecord, AllocationRule, Choice, HashRule, JobKey,
+};
 use crate::atomic::{exists, list_names};
 use crate::error::{Error, Result};
 use crate::id::JobId;
@@ -123,6 +125,18 @@ pub(crate) struct OwnJobs {
     known: std::sync::Mutex<HashMap<InstanceId, HashMap<String, Option<String>>>>,
 }
 
+/// The rule that chooses one given instance, if it is available (and persists the choice).
+struct Only<'a>(&'a InstanceId);
+
+impl AllocationRule for Only<'_> {
+    fn choose(&self, _: &JobKey, available: &[InstanceInfo]) -> Option<Choice> {
+        available.iter().any(|i| &i.id == self.0).then(|| Choice {
+            instance: self.0.clone(),
+            persist: true,
+        })
+    }
+}
+
 /// Allocates a job about to be created (before any of its files exist). Returns the key to
 /// deallocate if the create does not complete.
 pub(crate) fn place(
@@ -151,13 +165,7 @@ pub(crate) fn place(
                     )));
                 }
             }
-            let only = |_: &JobKey, avail: &[InstanceInfo]| {
-                avail.iter().find(|i| &i.id == want).map(|i| Choice {
-                    instance: i.id.clone(),
-                    persist: true,
-                })
-            };
-            store.allocate_flagged(&key, &only, flags)?;
+            store.allocate_flagged(&key, &Only(want), flags)?;
         }
         Placement::ByRule => {
             store.allocate_flagged(&key, &HashRule, flags)?;
@@ -231,18 +239,12 @@ pub(crate) fn claim_as(
         tracing::warn!("instance {}: {e}", taken.instance);
     }
     if let Some(w) = who {
-        let me = |_: &JobKey, avail: &[InstanceInfo]| {
-            avail.iter().find(|i| i.id == w.instance).map(|i| Choice {
-                instance: i.id.clone(),
-                persist: true,
-            })
-        };
         let flags = AllocationFlags {
             sticky: false,
             for_job: taken.for_job,
         };
         // Best effort: if this instance is not available, the job stays unallocated.
-        if let Err(e) = store.allocate_flagged(&job, &me, flags) {
+        if let Err(e) = store.allocate_flagged(&job, &Only(&w.instance), flags) {
             tracing::debug!("job {id} left unallocated: {e}");
         }
     }

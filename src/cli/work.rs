@@ -55,7 +55,9 @@ pub const LONG_ABOUT: &str = "Pull jobs and run PROGRAM once per job.\n\n\
     NAME`) first, then the non-sticky jobs of dead instances (or of unavailable ones no \
     process runs), and with --unallocated the jobs of no instance; PROGRAM gets \
     JOBDIR_INSTANCE. Without --instance a worker takes the jobs of no instance and the \
-    non-sticky jobs of dead instances, never a live instance's.\n\n\
+    non-sticky jobs of dead instances, never a live instance's. --until-empty still waits \
+    until no job at all is pending, running or delayed, including jobs this worker may not \
+    take.\n\n\
     Control messages (`jobdir broadcast`): pause stops pulling once running jobs finish, until \
     resume (also when the pause was sent before this worker started); drain (or SIGUSR1) lets \
     running jobs finish, then exits 0; any other JSON message is appended as one line \
