@@ -17,24 +17,21 @@
 //!   looks at allocations: one of the two sees the other).
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
-use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::{list_names, read_file, remove_file_if_exists};
+use crate::atomic::{list_names, older_than, read_file, remove_file_if_exists, visible_names};
 use crate::error::{Error, IoContext, Result};
 use crate::id::JobId;
 use crate::instance::{InstanceId, InstanceInfo, ensure_dir, real_dir};
 use crate::job::rfc3339;
-use crate::layout::{
-    MAX_NAME, allocation_entry, allocation_shard, is_nonce, is_valid_name, parse_allocation_entry,
-};
+use crate::layout::{allocation_entry, allocation_shard, is_nonce, parse_allocation_entry};
+use crate::name::{check_name, validated_name};
 use crate::recover::{RecoveryReport, push_q};
 use crate::store::{Inner, Store, rand_u32};
 
@@ -70,27 +67,18 @@ impl JobKey {
     /// assert!(jobdir::JobKey::new("..").is_err());
     /// ```
     pub fn new(key: impl Into<String>) -> Result<JobKey> {
-        let key = key.into();
-        if is_valid_name(&key) {
-            Ok(JobKey(key))
-        } else {
-            Err(Error::InvalidName {
-                what: "job key",
-                text: key.chars().take(MAX_NAME + 32).collect(),
-                reason: crate::instance::NAME_RULE,
-            })
-        }
+        check_name("job key", key.into()).map(JobKey)
     }
+}
 
+validated_name! {
     /// The key as text.
     ///
     /// ```
     /// assert_eq!(jobdir::JobKey::new("job0")?.as_str(), "job0");
     /// # Ok::<(), jobdir::Error>(())
     /// ```
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+    JobKey, new = JobKey::new, debug = "JobKey({})", serde
 }
 
 impl From<JobId> for JobKey {
@@ -102,45 +90,6 @@ impl From<JobId> for JobKey {
 impl From<&JobId> for JobKey {
     fn from(id: &JobId) -> JobKey {
         JobKey(id.to_string())
-    }
-}
-
-impl FromStr for JobKey {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<JobKey> {
-        JobKey::new(s)
-    }
-}
-
-impl fmt::Display for JobKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for JobKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "JobKey({})", self.0)
-    }
-}
-
-impl AsRef<str> for JobKey {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Serialize for JobKey {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for JobKey {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<JobKey, D::Error> {
-        let s = String::deserialize(d)?;
-        JobKey::new(s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -727,16 +676,10 @@ impl Store {
 /// `Removal::WhenIdle`.
 pub(crate) fn recover(inner: &Inner, grace: Duration, report: &mut RecoveryReport) -> Result<()> {
     let layout = &inner.layout;
-    let visible = |names: Vec<String>| -> Vec<String> {
-        names
-            .into_iter()
-            .filter(|n| !n.starts_with(".nfs"))
-            .collect()
-    };
     // 1. Instances.
     let mut instances: HashSet<InstanceId> = HashSet::new();
     if real_dir(&layout.instances)? {
-        for name in visible(list_names(&layout.instances)?) {
+        for name in visible_names(&layout.instances)? {
             let dir = layout.instances.join(&name);
             let id = match InstanceId::new(name.as_str()) {
                 Ok(id) if fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) => id,
@@ -754,7 +697,7 @@ pub(crate) fn recover(inner: &Inner, grace: Duration, report: &mut RecoveryRepor
                 push_q(inner, report, &dir, &format!("unreadable instance: {e}"))?;
                 continue;
             }
-            for part in visible(list_names(&dir)?) {
+            for part in visible_names(&dir)? {
                 let p = dir.join(&part);
                 let ok = match part.as_str() {
                     "instance.json" => true,
@@ -767,7 +710,7 @@ pub(crate) fn recover(inner: &Inner, grace: Duration, report: &mut RecoveryRepor
                 }
             }
             let jobs = layout.instance_jobs(id.as_str());
-            for entry in visible(list_names(&jobs)?) {
+            for entry in visible_names(&jobs)? {
                 let p = jobs.join(&entry);
                 if parse_allocation_entry(&entry).is_none()
                     || !fs::symlink_metadata(&p).is_ok_and(|m| m.is_file())
@@ -781,7 +724,7 @@ pub(crate) fn recover(inner: &Inner, grace: Duration, report: &mut RecoveryRepor
     // 2. Allocations: the truth.
     let mut allocated: HashMap<JobKey, (InstanceId, String)> = HashMap::new();
     if real_dir(&layout.allocations)? {
-        for shard in visible(list_names(&layout.allocations)?) {
+        for shard in visible_names(&layout.allocations)? {
             let dir = layout.allocations.join(&shard);
             let is_shard = shard.len() == 2
                 && shard
@@ -791,7 +734,7 @@ pub(crate) fn recover(inner: &Inner, grace: Duration, report: &mut RecoveryRepor
                 push_q(inner, report, &dir, "not an allocation shard")?;
                 continue;
             }
-            for name in visible(list_names(&dir)?) {
+            for name in visible_names(&dir)? {
                 let p = dir.join(&name);
                 let job = match JobKey::new(name.as_str()) {
                     Ok(k) if allocation_shard(k.as_str()) == shard => k,
@@ -843,7 +786,7 @@ pub(crate) fn recover(inner: &Inner, grace: Duration, report: &mut RecoveryRepor
     // 3. Stale index entries (an allocation in progress has a young one: leave those).
     for id in &instances {
         let jobs = layout.instance_jobs(id.as_str());
-        for entry in visible(list_names(&jobs)?) {
+        for entry in visible_names(&jobs)? {
             let Some((key, nonce)) = parse_allocation_entry(&entry) else {
                 continue;
             };
@@ -867,15 +810,6 @@ pub(crate) fn recover(inner: &Inner, grace: Duration, report: &mut RecoveryRepor
         }
     }
     Ok(())
-}
-
-/// True if the file at `path` was last modified at least `grace` ago (by this clock).
-fn older_than(path: &std::path::Path, grace: Duration) -> bool {
-    fs::symlink_metadata(path)
-        .ok()
-        .and_then(|m| m.modified().ok())
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .is_some_and(|age| age >= grace)
 }
 
 /// True if `key` names a job of this store that has finished or does not exist.

@@ -61,6 +61,17 @@ impl AtomicFs {
         Ok(tmp)
     }
 
+    /// [`temp_file`](Self::temp_file) with an exclusive `flock` held on it: a lease or presence
+    /// file, complete and locked before its name appears.
+    pub(crate) fn locked_temp_file(&self, bytes: &[u8]) -> Result<NamedTempFile> {
+        let tmp = self.temp_file(bytes)?;
+        tmp.as_file()
+            .try_lock()
+            .map_err(|e| io::Error::other(e.to_string()))
+            .ctx("lock", tmp.path())?;
+        Ok(tmp)
+    }
+
     /// A new empty temporary directory (removed on drop unless kept).
     pub(crate) fn temp_dir(&self) -> Result<TempDir> {
         let dir = tempfile::Builder::new()
@@ -280,6 +291,31 @@ pub(crate) fn list_names(dir: &Path) -> Result<Vec<String>> {
         }
     }
     Ok(names)
+}
+
+/// [`list_names`] without the `.nfs*` names an NFS client creates for files deleted while open
+/// (they belong to the client and vanish on their own): what recovery looks at.
+pub(crate) fn visible_names(dir: &Path) -> Result<Vec<String>> {
+    Ok(list_names(dir)?
+        .into_iter()
+        .filter(|n| !n.starts_with(".nfs"))
+        .collect())
+}
+
+/// A directory, and not a symlink to one (planted links are never followed); any error reads
+/// as false.
+pub(crate) fn is_real_dir(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+/// True if `path` was last modified at least `grace` ago, by this process's clock (a missing
+/// path, or one modified in this clock's future, is not).
+pub(crate) fn older_than(path: &Path, grace: std::time::Duration) -> bool {
+    fs::symlink_metadata(path)
+        .ok()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age >= grace)
 }
 
 /// Sets a file's modification time to now through its open descriptor, making sure the new

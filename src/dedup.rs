@@ -16,24 +16,23 @@
 //! - **A key is live only while its job is unfinished** (or within its TTL): nothing needs to
 //!   run when a job finishes, so every way of finishing (fulfil, fail, cancel, expire) frees it.
 
-use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::atomic::{exists, list_names, read_file};
+use crate::atomic::{exists, is_real_dir, list_names, older_than, read_file, visible_names};
 use crate::error::{Error, IoContext, Result};
 use crate::group::GroupId;
 use crate::id::JobId;
 use crate::instance::{ensure_dir, real_dir};
 use crate::job::{CreateOptions, JobRecord, rfc3339};
 use crate::layout::{KEYS, epoch_name, parse_epoch};
+use crate::name::validated_name;
 use crate::recover::{RecoveryReport, push_q};
 use crate::store::{Inner, Store, rand_u32};
 
@@ -83,46 +82,21 @@ impl DedupKey {
         Ok(DedupKey(key))
     }
 
-    /// The key as text.
-    ///
-    /// ```
-    /// assert_eq!(jobdir::DedupKey::new("k")?.as_str(), "k");
-    /// # Ok::<(), jobdir::Error>(())
-    /// ```
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// 64 lowercase hex digits of SHA-256 of the key's bytes: the key directory's name.
     fn hash(&self) -> String {
         hex(&Sha256::digest(self.0.as_bytes()))
     }
 }
 
-impl FromStr for DedupKey {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<DedupKey> {
-        DedupKey::new(s)
-    }
-}
-
-impl fmt::Display for DedupKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for DedupKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DedupKey({:?})", self.0)
-    }
-}
-
-impl AsRef<str> for DedupKey {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
+// No serde: a key is only ever written inside a key record, as its text.
+validated_name! {
+    /// The key as text.
+    ///
+    /// ```
+    /// assert_eq!(jobdir::DedupKey::new("k")?.as_str(), "k");
+    /// # Ok::<(), jobdir::Error>(())
+    /// ```
+    DedupKey, new = DedupKey::new, debug = "DedupKey({:?})"
 }
 
 /// What [`Store::create_keyed`] returns: the job's id, and whether it existed before the call.
@@ -484,15 +458,6 @@ pub(crate) fn recover_unindexed(
     Ok(Unindexed::Quarantined)
 }
 
-/// True if `path`'s mtime is at least `grace` old (a missing path is not).
-fn older_than(path: &Path, grace: Duration) -> bool {
-    fs::symlink_metadata(path)
-        .ok()
-        .and_then(|m| m.modified().ok())
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .is_some_and(|age| age >= grace)
-}
-
 /// Recover's part below `keys/` (FORMAT.md §12.6): quarantine what does not belong, prune
 /// superseded records, and remove the directories of keys whose newest record is stale.
 /// Returns the number of key directories removed.
@@ -508,13 +473,13 @@ pub(crate) fn recover(inner: &Inner, grace: Duration, report: &mut RecoveryRepor
         Err(e) => return Err(e).ctx("stat", &root),
     }
     let mut removed = 0;
-    for shard in visible(&root)? {
+    for shard in visible_names(&root)? {
         let shard_dir = root.join(&shard);
         if !is_hex(&shard, 2) || !is_real_dir(&shard_dir) {
             push_q(inner, report, &shard_dir, "not a key shard directory")?;
             continue;
         }
-        for hash in visible(&shard_dir)? {
+        for hash in visible_names(&shard_dir)? {
             let dir = shard_dir.join(&hash);
             if !is_hex(&hash, 64) || !hash.starts_with(&shard) || !is_real_dir(&dir) {
                 push_q(inner, report, &dir, "not a key directory of this shard")?;
@@ -528,18 +493,6 @@ pub(crate) fn recover(inner: &Inner, grace: Duration, report: &mut RecoveryRepor
     Ok(removed)
 }
 
-fn is_real_dir(p: &Path) -> bool {
-    fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
-}
-
-/// Names in a directory, without the `.nfs*` names of an NFS client.
-fn visible(dir: &Path) -> Result<Vec<String>> {
-    Ok(list_names(dir)?
-        .into_iter()
-        .filter(|n| !n.starts_with(".nfs"))
-        .collect())
-}
-
 /// One key directory: returns true if it was removed.
 fn sweep_key(
     inner: &Inner,
@@ -549,7 +502,7 @@ fn sweep_key(
     report: &mut RecoveryReport,
 ) -> Result<bool> {
     let mut numbers = Vec::new();
-    for name in visible(dir)? {
+    for name in visible_names(dir)? {
         match parse_epoch(&name) {
             Some(n) => numbers.push(n),
             None => push_q(inner, report, &dir.join(&name), "not a key record name")?,

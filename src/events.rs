@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use inotify::{EventMask, Inotify, WatchMask, Watches};
 
-use crate::atomic::{exists, list_names};
+use crate::atomic::{exists, is_real_dir, list_names};
 use crate::error::Result;
 use crate::id::JobId;
 use crate::job::JobState;
@@ -628,18 +628,25 @@ impl EventStream {
     /// A work lease file appeared: running once its epoch directory exists (the lease file is
     /// made first; a claim that loses its race removes it).
     fn on_claim(&mut self, id: JobId, epoch: u64) -> Result<()> {
-        let dir = self
-            .store
-            .inner
-            .layout
-            .epoch_dir(LeaseKind::Work, &id, epoch);
-        if exists(&dir)? {
+        if self.claim_made(&id, epoch)? {
             self.push(id, EventKind::Running, epoch);
         } else if !self.unverified.iter().any(|u| u.0 == id && u.1 == epoch) {
             self.unverified
                 .push((id, epoch, Instant::now() + CLAIM_PATIENCE));
         }
         Ok(())
+    }
+
+    /// Whether a work claim's epoch directory exists: the claim won its race (its lease file is
+    /// made first, and removed by a claim that loses).
+    fn claim_made(&self, id: &JobId, epoch: u64) -> Result<bool> {
+        exists(
+            &self
+                .store
+                .inner
+                .layout
+                .epoch_dir(LeaseKind::Work, id, epoch),
+        )
     }
 
     /// Reports the claims (of one job, or all) whose epoch directory has appeared since.
@@ -654,12 +661,7 @@ impl EventStream {
                 self.unverified.push((id, epoch, until));
                 continue;
             }
-            let dir = self
-                .store
-                .inner
-                .layout
-                .epoch_dir(LeaseKind::Work, &id, epoch);
-            if exists(&dir)? {
+            if self.claim_made(&id, epoch)? {
                 self.push(id, EventKind::Running, epoch);
             } else if now < until {
                 self.unverified.push((id, epoch, until));
@@ -803,9 +805,4 @@ fn finish_of(inner: &Inner, id: &JobId) -> Result<Option<EventKind>> {
         .ok()
         .flatten()
         .map(|o| EventKind::of_finish(o.state)))
-}
-
-/// A directory, and not a symlink to one (planted links are never followed).
-fn is_real_dir(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }

@@ -8,24 +8,21 @@
 //! skipped by readers and removed by `recover`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::ops::ControlFlow;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::path::PathBuf;
 use std::sync::PoisonError;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
-use crate::atomic::{exists, list_names};
+use crate::atomic::{exists, is_real_dir, list_names, older_than, visible_names};
 use crate::error::{Error, IoContext, Result};
 use crate::id::JobId;
-use crate::instance::{NAME_RULE, ensure_dir, real_dir};
+use crate::instance::{ensure_dir, real_dir};
 use crate::job::{JobInfo, JobRecord};
-use crate::layout::{GROUPS, MAX_NAME, is_valid_name};
+use crate::layout::{GROUPS, is_valid_name};
+use crate::name::{check_name, validated_name};
 use crate::recover::{RecoveryReport, push_q};
 use crate::store::{Inner, Store};
 use crate::watch::Channel;
@@ -56,66 +53,18 @@ impl GroupId {
     /// assert!(jobdir::GroupId::new(".hidden").is_err());
     /// ```
     pub fn new(name: impl Into<String>) -> Result<GroupId> {
-        let name = name.into();
-        if is_valid_name(&name) {
-            Ok(GroupId(name))
-        } else {
-            Err(Error::InvalidName {
-                what: "group name",
-                text: name.chars().take(MAX_NAME + 32).collect(),
-                reason: NAME_RULE,
-            })
-        }
+        check_name("group name", name.into()).map(GroupId)
     }
+}
 
+validated_name! {
     /// The name as text.
     ///
     /// ```
     /// assert_eq!(jobdir::GroupId::new("g1")?.as_str(), "g1");
     /// # Ok::<(), jobdir::Error>(())
     /// ```
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for GroupId {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<GroupId> {
-        GroupId::new(s)
-    }
-}
-
-impl fmt::Display for GroupId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for GroupId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "GroupId({})", self.0)
-    }
-}
-
-impl AsRef<str> for GroupId {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Serialize for GroupId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for GroupId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<GroupId, D::Error> {
-        let s = String::deserialize(d)?;
-        GroupId::new(s).map_err(serde::de::Error::custom)
-    }
+    GroupId, new = GroupId::new, debug = "GroupId({})", serde
 }
 
 fn groups_root(inner: &Inner) -> PathBuf {
@@ -254,7 +203,7 @@ impl Store {
         let mut out: Vec<GroupId> = list_names(&root)?
             .into_iter()
             .filter_map(|n| GroupId::new(n).ok())
-            .filter(|g| fs::symlink_metadata(root.join(g.as_str())).is_ok_and(|m| m.is_dir()))
+            .filter(|g| is_real_dir(&root.join(g.as_str())))
             .collect();
         out.sort();
         Ok(out)
@@ -494,13 +443,13 @@ pub(crate) fn recover(inner: &Inner, grace: Duration, report: &mut RecoveryRepor
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).ctx("stat", &root),
     }
-    for name in visible(&root)? {
+    for name in visible_names(&root)? {
         let dir = root.join(&name);
-        if !is_valid_name(&name) || !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        if !is_valid_name(&name) || !is_real_dir(&dir) {
             push_q(inner, report, &dir, "not a group directory")?;
             continue;
         }
-        for member in visible(&dir)? {
+        for member in visible_names(&dir)? {
             let path = dir.join(&member);
             let id = match member.parse::<JobId>() {
                 Ok(id) if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) => id,
@@ -521,26 +470,11 @@ pub(crate) fn recover(inner: &Inner, grace: Duration, report: &mut RecoveryRepor
                 report.entries_removed += 1;
             }
         }
-        if visible(&dir)?.is_empty() && older_than(&dir, grace) {
+        if visible_names(&dir)?.is_empty() && older_than(&dir, grace) {
             // Fails harmlessly if a member was added meanwhile; a creator whose member file
             // finds the directory gone makes it again.
             let _ = fs::remove_dir(&dir);
         }
     }
     Ok(())
-}
-
-fn visible(dir: &Path) -> Result<Vec<String>> {
-    Ok(list_names(dir)?
-        .into_iter()
-        .filter(|n| !n.starts_with(".nfs"))
-        .collect())
-}
-
-fn older_than(path: &Path, grace: Duration) -> bool {
-    fs::symlink_metadata(path)
-        .ok()
-        .and_then(|m| m.modified().ok())
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .is_some_and(|age| age >= grace)
 }

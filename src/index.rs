@@ -19,7 +19,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::atomic::{AtomicFs, list_names, remove_file_if_exists};
+use crate::atomic::{AtomicFs, is_real_dir, list_names, remove_file_if_exists};
 use crate::error::Result;
 use crate::layout::{bucket_end_millis, parse_priority_class, priority_class};
 use crate::watch::{Inbox, Watch};
@@ -451,11 +451,6 @@ impl Frontiers {
         }
         Ok(key)
     }
-}
-
-/// A directory, and not a symlink to one (planted links are never followed).
-fn is_real_dir(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
 fn sorted_names(dir: &Path) -> Result<Vec<String>> {

@@ -18,7 +18,6 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -29,13 +28,9 @@ use serde::{Deserialize, Serialize};
 use crate::atomic::{AtomicFs, list_names, read_file, remove_file_if_exists, touch_file};
 use crate::error::{Error, IoContext, Result};
 use crate::job::rfc3339;
-use crate::layout::{MAX_NAME, is_valid_name};
 use crate::lease::{Verdict, judge_file};
+use crate::name::{check_name, validated_name};
 use crate::store::{Inner, Store, rand_u32};
-
-/// The rule instance names and job keys follow (also the error text when one does not).
-pub(crate) const NAME_RULE: &str =
-    "expected 1 to 128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit";
 
 /// Largest instance record or presence record read back.
 const RECORD_LIMIT: u64 = 64 * 1024;
@@ -62,18 +57,11 @@ impl InstanceId {
     /// assert!(jobdir::InstanceId::new("").is_err());
     /// ```
     pub fn new(name: impl Into<String>) -> Result<InstanceId> {
-        let name = name.into();
-        if is_valid_name(&name) {
-            Ok(InstanceId(name))
-        } else {
-            Err(Error::InvalidName {
-                what: "instance name",
-                text: name.chars().take(MAX_NAME + 32).collect(),
-                reason: NAME_RULE,
-            })
-        }
+        check_name("instance name", name.into()).map(InstanceId)
     }
+}
 
+validated_name! {
     /// The name as text.
     ///
     /// ```
@@ -81,48 +69,7 @@ impl InstanceId {
     /// assert_eq!(id.as_str(), "w1");
     /// # Ok::<(), jobdir::Error>(())
     /// ```
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for InstanceId {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<InstanceId> {
-        InstanceId::new(s)
-    }
-}
-
-impl fmt::Display for InstanceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for InstanceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "InstanceId({})", self.0)
-    }
-}
-
-impl AsRef<str> for InstanceId {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Serialize for InstanceId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for InstanceId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<InstanceId, D::Error> {
-        let s = String::deserialize(d)?;
-        InstanceId::new(s).map_err(serde::de::Error::custom)
-    }
+    InstanceId, new = InstanceId::new, debug = "InstanceId({})", serde
 }
 
 /// Whether a process runs as an instance, as this process judges it.
@@ -521,11 +468,7 @@ impl Store {
                 source,
             })?;
             // Complete, locked and touched before its name appears, as a lease file.
-            let tmp = inner.fs_volatile().temp_file(&bytes)?;
-            tmp.as_file()
-                .try_lock()
-                .map_err(|e| io::Error::other(e.to_string()))
-                .ctx("lock", tmp.path())?;
+            let tmp = inner.fs_volatile().locked_temp_file(&bytes)?;
             let beat = touch_file(tmp.as_file(), None).ctx("touch", tmp.path())?;
             match tmp.persist_noclobber(&path) {
                 Ok(file) => return Presence::start(id.clone(), path, file, beat, inner),

@@ -390,11 +390,7 @@ fn try_epoch(
         what: "lease",
         source,
     })?;
-    let tmp = inner.fs_volatile().temp_file(&bytes)?;
-    tmp.as_file()
-        .try_lock()
-        .map_err(|e| io::Error::other(e.to_string()))
-        .ctx("lock", tmp.path())?;
+    let tmp = inner.fs_volatile().locked_temp_file(&bytes)?;
     // A new file's mtime is its creation time: the first heartbeat (an interval later) changes
     // it, which is all observers look for.
     let beat = SystemTime::now();

@@ -70,6 +70,7 @@ mod job;
 mod layout;
 mod lease;
 mod lookup;
+mod name;
 mod notification;
 mod outcome;
 mod recover;

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::atomic::{exists, read_file, remove_file_if_exists};
+use crate::atomic::{exists, read_file, remove_file_if_exists, visible_names};
 use crate::error::{Error, IoContext, Result};
 use crate::id::JobId;
 use crate::index::{all_keys, split_key};
@@ -24,15 +24,6 @@ use crate::layout::{
 };
 use crate::lease;
 use crate::store::{Inner, READ_LIMIT, Store, notify_key, pending_key, rand_u32};
-
-/// Lists a directory for recovery, leaving out the `.nfs*` names an NFS client creates for
-/// files deleted while open (they belong to the client and vanish on their own).
-fn list_names(dir: &Path) -> Result<Vec<String>> {
-    Ok(crate::atomic::list_names(dir)?
-        .into_iter()
-        .filter(|n| !n.starts_with(".nfs"))
-        .collect())
-}
 
 /// Options for [`Store::recover_with`].
 ///
@@ -130,7 +121,7 @@ impl Store {
         report.leases_reclaimed = leases.reclaimed;
         report.lease_files_removed = leases.removed;
         report.leases_of_other_hosts = leases.observing;
-        for name in list_names(&inner.layout.leases)? {
+        for name in visible_names(&inner.layout.leases)? {
             let p = inner.layout.leases.join(&name);
             if !fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
                 push_q(inner, &mut report, &p, "a lease must be a plain file")?;
@@ -214,7 +205,7 @@ pub(crate) fn quarantine(inner: &Inner, path: &Path, reason: &str) -> Result<Pat
 
 fn sweep_foreign_top(inner: &Inner, report: &mut RecoveryReport) -> Result<()> {
     let known = TOP_LEVEL;
-    for name in list_names(&inner.layout.root)? {
+    for name in visible_names(&inner.layout.root)? {
         if known.contains(&name.as_str()) {
             continue;
         }
@@ -235,7 +226,7 @@ fn sweep_foreign_top(inner: &Inner, report: &mut RecoveryReport) -> Result<()> {
 
 fn sweep_temp(inner: &Inner, opts: &RecoverOptions, report: &mut RecoveryReport) -> Result<()> {
     let now = SystemTime::now();
-    for name in list_names(&inner.layout.tmp)? {
+    for name in visible_names(&inner.layout.tmp)? {
         let p = inner.layout.tmp.join(&name);
         let Ok(m) = fs::symlink_metadata(&p) else {
             continue;
@@ -341,7 +332,7 @@ fn sweep_jobs(
     let inner = &store.inner;
     let layout = &inner.layout;
     let delayed = sweep_delayed(inner, report)?;
-    for shard in list_names(&layout.jobs)? {
+    for shard in visible_names(&layout.jobs)? {
         let shard_dir = layout.jobs.join(&shard);
         let is_shard = shard.len() == 2
             && shard
@@ -359,7 +350,7 @@ fn sweep_jobs(
             }
             continue;
         }
-        for name in list_names(&shard_dir)? {
+        for name in visible_names(&shard_dir)? {
             let path = shard_dir.join(&name);
             let id = match name.parse::<JobId>() {
                 Ok(id) if id.shard() == shard => id,
@@ -439,14 +430,14 @@ fn sweep_jobs(
 fn sweep_delayed(inner: &Inner, report: &mut RecoveryReport) -> Result<HashSet<JobId>> {
     let layout = &inner.layout;
     let mut waiting = HashSet::new();
-    for b in list_names(&layout.delayed)? {
+    for b in visible_names(&layout.delayed)? {
         let dir = layout.delayed.join(&b);
         if bucket_end_millis(&b).is_none() || !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir())
         {
             push_q(inner, report, &dir, "not a delayed-index bucket directory")?;
             continue;
         }
-        for n in list_names(&dir)? {
+        for n in visible_names(&dir)? {
             let path = dir.join(&n);
             match crate::layout::parse_delayed_name(&n) {
                 Some((_, _, id)) if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) => {
@@ -468,7 +459,7 @@ fn sweep_delayed(inner: &Inner, report: &mut RecoveryReport) -> Result<HashSet<J
 fn check_job_parts(inner: &Inner, id: &JobId, report: &mut RecoveryReport) -> Result<()> {
     let layout = &inner.layout;
     let dir = layout.job_dir(id);
-    for name in list_names(&dir)? {
+    for name in visible_names(&dir)? {
         let known = [
             "job.json", "result", "targets", "claims", "nclaims", "retries",
         ];
@@ -477,7 +468,7 @@ fn check_job_parts(inner: &Inner, id: &JobId, report: &mut RecoveryReport) -> Re
         }
     }
     for claims in ["claims", "nclaims"] {
-        for name in list_names(&dir.join(claims))? {
+        for name in visible_names(&dir.join(claims))? {
             if parse_epoch(&name).is_none() {
                 push_q(
                     inner,
@@ -489,7 +480,7 @@ fn check_job_parts(inner: &Inner, id: &JobId, report: &mut RecoveryReport) -> Re
         }
     }
     let tdir = layout.targets_dir(id);
-    for name in list_names(&tdir)? {
+    for name in visible_names(&tdir)? {
         let p = tdir.join(&name);
         let ok = name.len() == 69
             && name.ends_with(".json")
