@@ -111,7 +111,7 @@ impl NotificationLease {
     }
 
     /// Removes exactly the `delivered` targets and releases the notification. Targets not
-    /// delivered, and any queued meanwhile, stay queued. Refused with [`Error::LeaseLost`] if
+    /// delivered, and any queued meanwhile, stay queued. Refused with [`Error::LeaseLost`](crate::Error::LeaseLost) if
     /// the lease was lost before it started.
     pub fn done(self, delivered: &[Value]) -> Result<()> {
         let inner = &self.store.inner;
