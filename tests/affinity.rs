@@ -5,14 +5,15 @@
 //! with the library what a plain puller may take.
 
 mod common;
+use common::wait::{PATIENCE, eventually as wait_for};
 use common::{exits, ok};
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Stdio};
+use std::time::Duration;
 
 use jobdir::{
     Affinity, CreateOptions, InstanceId, JobId, JobKey, JobState, Liveness, RecoverOptions,
@@ -20,14 +21,8 @@ use jobdir::{
 };
 use serde_json::Value;
 
-/// How long a test waits for a process to reach a state before it gives up (never asserted on).
-const PATIENCE: Duration = Duration::from_secs(60);
-
 fn open(dir: &Path) -> Store {
-    Store::builder(dir)
-        .poll_interval(Duration::from_millis(200))
-        .open()
-        .expect("open store")
+    common::store::polling(dir, 200).open().expect("open store")
 }
 
 fn iid(s: &str) -> InstanceId {
@@ -54,26 +49,13 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < PATIENCE, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A `jobdir work` process in its own process group, so `kill -9` reaches its PROGRAM too.
 struct Worker(Child);
 
 impl Worker {
     fn spawn(dir: &Path, args: &[&str]) -> Worker {
-        let child = Command::new(env!("CARGO_BIN_EXE_jobdir"))
-            .arg("--dir")
-            .arg(dir)
-            .arg("work")
+        let child = common::jobdir_command(dir, &["work"])
             .args(args)
-            .env_remove("JOBDIR")
-            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

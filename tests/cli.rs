@@ -1,9 +1,12 @@
 //! The `jobdir` command line, driven as a user would: the real binary, a fresh store per test,
 //! assertions on output, exit status and the store's state (read back through `jobdir get`).
 
+mod common;
+use common::process::{Owned as Running, exit_within, signal};
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command as StdCommand, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -41,29 +44,13 @@ impl Env {
 
     /// Runs a command that must succeed; returns its stdout.
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd(args).output().expect("run jobdir");
-        assert!(
-            out.status.success(),
-            "jobdir {args:?} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8 output")
+        common::succeeded(args, self.cmd(args).output().expect("run jobdir"))
     }
 
     /// Runs a command that must fail with `code`; returns its stderr (checked to be one
     /// `error:` line).
     fn fails(&self, args: &[&str], code: i32) -> String {
-        let out = self.cmd(args).output().expect("run jobdir");
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "jobdir {args:?}: stderr {stderr}"
-        );
-        assert!(stderr.starts_with("error:"), "stderr: {stderr:?}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "stderr: {stderr:?}");
-        stderr
+        common::one_error(args, self.cmd(args).output().expect("run jobdir"), code)
     }
 
     fn create(&self, request: &str) -> String {
@@ -86,17 +73,12 @@ impl Env {
 
     /// A long-running `jobdir` process (for signals and blocking commands).
     fn spawn(&self, args: &[&str]) -> Running {
-        let child = StdCommand::new(env!("CARGO_BIN_EXE_jobdir"))
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(args)
-            .env_remove("JOBDIR")
-            .env_remove("RUST_LOG")
+        let child = common::jobdir_command(&self.dir, args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn jobdir");
-        Running(Some(child))
+        Running::new(child)
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -105,50 +87,17 @@ impl Env {
 }
 
 /// Waits (up to PATIENCE) until `cond` holds.
-fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(t.elapsed() < PATIENCE, "gave up waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A spawned `jobdir`, killed if a test fails before it exits.
-struct Running(Option<Child>);
-
-impl Running {
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().expect("the child is still owned")
-    }
-
-    fn into_child(mut self) -> Child {
-        self.0.take().expect("the child is still owned")
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    common::wait::eventually_within(what, PATIENCE, common::wait::STEP, cond)
 }
 
 /// Waits (up to PATIENCE) for a child to exit.
 fn exit_of(running: &mut Running) -> ExitStatus {
     let child = running.child();
-    let t = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if t.elapsed() > PATIENCE {
-            let _ = child.kill();
-            panic!("process did not exit within {PATIENCE:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    exit_within(child, PATIENCE).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("process did not exit within {PATIENCE:?}");
+    })
 }
 
 fn stderr_of(running: Running) -> String {
@@ -160,10 +109,7 @@ fn stderr_of(running: Running) -> String {
 }
 
 fn sigterm(running: &mut Running) {
-    let pid = running.child().id();
-    // SAFETY: kill(2) on our own child's pid.
-    let r = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(r, 0);
+    signal(running.child(), libc::SIGTERM).expect("kill(2)");
 }
 
 fn valid_unknown_id() -> String {

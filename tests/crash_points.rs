@@ -10,11 +10,12 @@
 //! ```
 #![cfg(feature = "fault-injection")]
 
+mod common;
+use common::child::{self, say};
+
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use jobdir::{CreateOptions, Failure, JobId, JobState, RecoverOptions, RetryPolicy, Store};
@@ -46,25 +47,17 @@ const POINTS: &[&str] = &[
     "retry.after_rename",
 ];
 
-macro_rules! say {
-    ($($arg:tt)*) => { println!("@ {}", format!($($arg)*)) };
-}
-
 fn open(dir: &Path) -> Store {
-    Store::builder(dir)
-        .lease(Duration::from_secs(30))
-        .poll_interval(Duration::from_millis(100))
-        .open()
-        .unwrap()
+    common::store::builder(dir, 30_000, 100).open().unwrap()
 }
 
 /// The child side: one pass through every protocol step, saying what was acknowledged.
 #[test]
 fn helper() {
-    let Ok(role) = std::env::var("JOBDIR_TEST_ROLE") else {
+    let Some(role) = child::role() else {
         return;
     };
-    let store = open(Path::new(&std::env::var("JOBDIR_TEST_DIR").unwrap()));
+    let store = open(&child::dir());
     if role == "hold" {
         let job = store.pull_work().unwrap().unwrap();
         say!("holding {}", job.id());
@@ -140,29 +133,6 @@ fn helper() {
     say!("finished");
 }
 
-fn run(role: &str, dir: &Path, crash_at: Option<&str>) -> (std::process::Child, Vec<String>) {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "helper", "--nocapture", "--test-threads=1", "-q"])
-        .env("JOBDIR_TEST_ROLE", role)
-        .env("JOBDIR_TEST_DIR", dir)
-        .stdout(Stdio::piped());
-    if let Some(p) = crash_at {
-        cmd.env("JOBDIR_CRASH_AT", p);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    let mut lines = Vec::new();
-    for line in out.lines().map_while(Result::ok) {
-        if let Some(l) = line.strip_prefix("@ ") {
-            lines.push(l.to_string());
-            if role == "hold" {
-                break;
-            }
-        }
-    }
-    (child, lines)
-}
-
 /// Every `fault::point("...")` in `src/` is listed in POINTS, and nothing else is.
 #[test]
 fn every_crash_point_in_the_source_is_listed() {
@@ -210,13 +180,11 @@ fn check_point(point: &str) {
     if point.starts_with("takeover.") {
         // A holder dies; the scripted process meets its dead lease and takes it over.
         held_job = Some(store.create(&json!({"job": "held"})).unwrap());
-        let (mut holder, lines) = run("hold", root, None);
-        assert!(lines[0].starts_with("holding "));
-        holder.kill().unwrap();
-        holder.wait().unwrap();
+        let holder = child::spawn("hold", root, &[]);
+        assert!(holder.line().starts_with("holding "));
+        holder.kill();
     }
-    let (mut child, lines) = run("script", root, Some(point));
-    let status = child.wait().unwrap();
+    let (status, lines) = child::spawn("script", root, &[("JOBDIR_CRASH_AT", point)]).exit();
     assert_eq!(
         status.signal(),
         Some(9),

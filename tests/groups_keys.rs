@@ -4,6 +4,8 @@
 //! assertions: every wait is for an event, bounded only by a generous liveness limit.
 
 mod common;
+use common::child::{self, say, spawn};
+use common::wait::PATIENCE;
 use common::{jobdir, ok};
 
 use std::collections::{HashMap, HashSet};
@@ -11,8 +13,7 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use jobdir::{
@@ -21,23 +22,13 @@ use jobdir::{
 };
 use serde_json::{Value, json};
 
-const ROLE: &str = "JOBDIR_TEST_ROLE";
-/// A generous liveness bound for anything the tests wait for.
-const PATIENCE: Duration = Duration::from_secs(60);
 /// Keys each creator process creates in the race.
 const KEYS: usize = 25;
 /// Creator processes racing.
 const CREATORS: usize = 4;
 
-macro_rules! say {
-    ($($arg:tt)*) => { println!("@ {}", format!($($arg)*)) };
-}
-
 fn open(dir: &Path) -> Store {
-    Store::builder(dir)
-        .poll_interval(Duration::from_millis(100))
-        .open()
-        .expect("open store")
+    common::store::polling(dir, 100).open().expect("open store")
 }
 
 fn key(k: &str) -> DedupKey {
@@ -64,10 +55,10 @@ fn await_file(path: &Path) {
 /// The child side. Does nothing unless this binary was started as a helper process.
 #[test]
 fn helper() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some(role) = child::role() else {
         return;
     };
-    let dir = PathBuf::from(std::env::var("JOBDIR_TEST_DIR").expect("JOBDIR_TEST_DIR"));
+    let dir = child::dir();
     let store = open(&dir);
     match role.as_str() {
         // Wait for the start file, then create one job per key (all creators use the same
@@ -113,52 +104,13 @@ fn helper() {
     }
 }
 
-/// A running helper process and the lines it prints.
-struct Helper {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-fn spawn(role: &str, dir: &Path, env: &[(&str, String)]) -> Helper {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "helper", "--nocapture", "--test-threads=1", "-q"])
-        .env(ROLE, role)
-        .env("JOBDIR_TEST_DIR", dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn helper");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(line) = line.strip_prefix("@ ")
-                && tx.send(line.to_string()).is_err()
-            {
-                break;
-            }
-        }
-    });
-    Helper { child, lines: rx }
-}
-
-impl Helper {
-    fn finish(mut self) -> Vec<String> {
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "helper failed: {status}");
-        self.lines.iter().collect()
-    }
-}
-
 /// Starts `CREATORS` creator processes on keys `<prefix>-0..KEYS`, lets them go at once, and
 /// checks that for each key every process got the same id and exactly one made the job.
 /// Returns key → id.
 fn race(tmp: &Path, dir: &Path, prefix: &str) -> HashMap<String, JobId> {
     let _ = fs::remove_file(tmp.join("start"));
     let helpers: Vec<_> = (0..CREATORS)
-        .map(|_| spawn("creator", dir, &[("KEY_PREFIX", prefix.to_string())]))
+        .map(|_| spawn("creator", dir, &[("KEY_PREFIX", prefix)]))
         .collect();
     fs::write(tmp.join("start"), b"").unwrap();
     let mut by_key: HashMap<String, Vec<(JobId, bool)>> = HashMap::new();
@@ -346,9 +298,9 @@ fn wait_group_streams_each_item_as_another_process_finishes_it() {
         "group-worker",
         &dir,
         &[
-            ("JOB_A", a.to_string()),
-            ("JOB_B", b.to_string()),
-            ("JOB_C", c.to_string()),
+            ("JOB_A", &a.to_string()),
+            ("JOB_B", &b.to_string()),
+            ("JOB_C", &c.to_string()),
         ],
     );
     let go = tmp.path().join("go");

@@ -9,10 +9,11 @@
 //!
 //! Tests that need root or libfaketime print why they are skipped.
 
-use std::io::{BufRead, BufReader};
+mod common;
+use common::child::{self, Helper, say};
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use jobdir::{JobId, Store};
@@ -21,14 +22,8 @@ use serde_json::json;
 const LEASE_MS: u64 = 3000; // generous: a loaded CI machine must not stall a heartbeat past it
 const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
-macro_rules! say {
-    ($($arg:tt)*) => { println!("@ {}", format!($($arg)*)) };
-}
-
 fn store(dir: &Path, host: &str) -> Store {
-    Store::builder(dir)
-        .lease(Duration::from_millis(LEASE_MS))
-        .poll_interval(Duration::from_millis(100))
+    common::store::builder(dir, LEASE_MS, 100)
         .host_id(host)
         .open()
         .unwrap()
@@ -37,12 +32,11 @@ fn store(dir: &Path, host: &str) -> Store {
 /// Child side: hold one job (or observe), reporting what happens.
 #[test]
 fn helper() {
-    let Ok(role) = std::env::var("JOBDIR_TEST_ROLE") else {
+    let Some(role) = child::role() else {
         return;
     };
-    let dir = std::env::var("JOBDIR_TEST_DIR").unwrap();
     let host = std::env::var("JOBDIR_HOST_ID").unwrap();
-    let s = store(Path::new(&dir), &host);
+    let s = store(&child::dir(), &host);
     match role.as_str() {
         "hold" => {
             let job = s
@@ -75,58 +69,11 @@ fn helper() {
     }
 }
 
-struct Proc {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Proc {
-    fn line(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(l) if l.starts_with(prefix) => return l,
-                Ok(_) => {}
-                Err(e) => panic!("no {prefix:?} line: {e}"),
-            }
-        }
-    }
-
-    fn lines_until_exit(mut self) -> Vec<String> {
-        self.child.wait().unwrap();
-        self.lines.iter().collect()
-    }
-}
-
 /// Runs this test binary as a helper, optionally wrapped (e.g. in `unshare`), with extra env.
-fn spawn(wrapper: &[&str], role: &str, dir: &Path, host: &str, env: &[(&str, &str)]) -> Proc {
-    let exe = std::env::current_exe().unwrap();
-    let mut argv: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
-    argv.push(exe.to_string_lossy().into_owned());
-    argv.extend(["--exact", "helper", "--nocapture", "--test-threads=1", "-q"].map(String::from));
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .env("JOBDIR_TEST_ROLE", role)
-        .env("JOBDIR_TEST_DIR", dir)
-        .env("JOBDIR_HOST_ID", host)
-        .stdout(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(l) = l.strip_prefix("@ ") {
-                let _ = tx.send(l.to_string());
-            }
-        }
-    });
-    Proc { child, lines: rx }
+fn spawn(wrapper: &[&str], role: &str, dir: &Path, host: &str, env: &[(&str, &str)]) -> Helper {
+    let mut cmd = child::wrapped(wrapper, role, dir);
+    cmd.env("JOBDIR_HOST_ID", host).envs(env.iter().copied());
+    Helper::start(cmd)
 }
 
 fn is_root() -> bool {
@@ -154,9 +101,9 @@ fn hosts_in_separate_pid_namespaces_with_colliding_pids() {
     let b_job = s.create(&json!({"job": "b"})).unwrap();
     let ns = ["unshare", "--pid", "--fork", "--kill-child"];
     let a = spawn(&ns, "hold", dir.path(), "host-a", &[]);
-    let a_line = a.line("holding ");
+    let a_line = a.expect_line("holding ");
     let b = spawn(&ns, "hold", dir.path(), "host-b", &[]);
-    let b_line = b.line("holding ");
+    let b_line = b.expect_line("holding ");
     // Same pid inside each namespace: the pid tells nothing about who holds what.
     assert!(
         a_line.ends_with("pid 1") && b_line.ends_with("pid 1"),
@@ -182,7 +129,7 @@ fn hosts_in_separate_pid_namespaces_with_colliding_pids() {
         &[("JOBDIR_TEST_MS", &window)],
     );
     for o in [o1, o2] {
-        let lines = o.lines_until_exit();
+        let lines = o.exit().1;
         assert!(
             lines.iter().all(|l| !l.starts_with("took")),
             "took a live lease: {lines:?}"
@@ -190,9 +137,7 @@ fn hosts_in_separate_pid_namespaces_with_colliding_pids() {
     }
 
     // host-a dies. Its flock is free, but it is not this host's: only its lease expiring counts.
-    let mut a_child = a.child;
-    a_child.kill().unwrap();
-    a_child.wait().unwrap();
+    a.kill();
     let died = Instant::now();
     let other = store(dir.path(), "host-b");
     assert!(
@@ -210,9 +155,7 @@ fn hosts_in_separate_pid_namespaces_with_colliding_pids() {
     );
     // host-b, alive all along, never lost its lease.
     assert!(b.lines.try_iter().all(|l| !l.starts_with("lost")));
-    let mut b_child = b.child;
-    b_child.kill().unwrap();
-    b_child.wait().unwrap();
+    b.kill();
 }
 
 fn faketime_env(offset: &str) -> Option<Vec<(&'static str, String)>> {
@@ -242,7 +185,7 @@ fn skewed_holder_and_observer(holder_skew: &str, observer_skew: &str) {
     let h_env: Vec<(&str, &str)> = h_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut o_env: Vec<(&str, &str)> = o_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let holder = spawn(&[], "hold", dir.path(), "host-h", &h_env);
-    assert!(holder.line("holding ").contains(&id.to_string()));
+    assert!(holder.expect_line("holding ").contains(&id.to_string()));
     // The skew is real: the holder's lease file records its (faked) wall-clock time.
     let lease = std::fs::read_dir(dir.path().join("leases"))
         .unwrap()
@@ -270,7 +213,7 @@ fn skewed_holder_and_observer(holder_skew: &str, observer_skew: &str) {
     o_env.push(("JOBDIR_TEST_MS", &window));
     // Same host identity as the holder, and another host's: neither may break the live lease.
     for host in ["host-h", "host-o"] {
-        let lines = spawn(&[], "observe", dir.path(), host, &o_env).lines_until_exit();
+        let lines = spawn(&[], "observe", dir.path(), host, &o_env).exit().1;
         assert!(lines.iter().any(|l| l == "observed"), "{lines:?}");
         assert!(
             lines.iter().all(|l| !l.starts_with("took")),
@@ -281,9 +224,7 @@ fn skewed_holder_and_observer(holder_skew: &str, observer_skew: &str) {
         holder.lines.try_iter().all(|l| !l.starts_with("lost")),
         "holder lost its lease"
     );
-    let mut child = holder.child;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    holder.kill();
 }
 
 #[test]

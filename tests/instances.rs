@@ -5,15 +5,17 @@
 //! README's walkthrough, replayed and compared with its pasted output.
 
 mod common;
+use common::child::{self, Helper, say};
+use common::store::open;
+use common::wait::PATIENCE;
 use common::{jobdir, ok};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::BufRead;
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use jobdir::{
@@ -21,23 +23,6 @@ use jobdir::{
     RecoverOptions, Removal, Store,
 };
 use serde_json::{Value, json};
-
-const ROLE: &str = "JOBDIR_TEST_ROLE";
-/// A generous bound for anything a test waits for (never a timing assertion).
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A line for the parent test (the harness prints lines of its own; they are ignored).
-macro_rules! say {
-    ($($arg:tt)*) => { println!("@ {}", format!($($arg)*)) };
-}
-
-fn open(dir: &Path, lease_ms: u64) -> Store {
-    Store::builder(dir)
-        .lease(Duration::from_millis(lease_ms))
-        .poll_interval(Duration::from_millis(200))
-        .open()
-        .expect("open store")
-}
 
 fn iid(s: &str) -> InstanceId {
     s.parse().expect("instance name")
@@ -129,15 +114,10 @@ fn agent_call(
 /// The child side. Does nothing unless this binary was started as a helper process.
 #[test]
 fn helper() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some(role) = child::role() else {
         return;
     };
-    let dir = std::env::var("JOBDIR_TEST_DIR").expect("JOBDIR_TEST_DIR");
-    let lease_ms: u64 = std::env::var("JOBDIR_TEST_LEASE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30_000);
-    let store = open(Path::new(&dir), lease_ms);
+    let store = child::open_store();
     let stdin = std::io::stdin();
     match role.as_str() {
         // One command per stdin line (a JSON array), one `@ <JSON>` answer per command.
@@ -194,68 +174,18 @@ fn helper() {
     }
 }
 
-/// A running helper process, its stdin and the lines it prints.
-struct Helper {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-}
-
-fn spawn(role: &str, dir: &Path, env: &[(&str, String)]) -> Helper {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "helper", "--nocapture", "--test-threads=1", "-q"])
-        .env(ROLE, role)
-        .env("JOBDIR_TEST_DIR", dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn helper");
-    let stdin = child.stdin.take();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(line) = line.strip_prefix("@ ")
-                && tx.send(line.to_string()).is_err()
-            {
-                break;
-            }
-        }
-    });
-    Helper {
-        child,
-        stdin,
-        lines: rx,
-    }
+/// A helper process reading from a pipe on its stdin (agents take their commands there).
+fn spawn(role: &str, dir: &Path, env: &[(&str, &str)]) -> Helper {
+    let mut cmd = child::command(role, dir);
+    cmd.stdin(Stdio::piped()).envs(env.iter().copied());
+    Helper::start(cmd)
 }
 
 impl Helper {
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(PATIENCE)
-            .unwrap_or_else(|e| panic!("no line from the helper: {e}"))
-    }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{line}").expect("write to helper");
-        stdin.flush().expect("flush");
-    }
-
     /// Sends an agent command, returns its JSON answer.
     fn call(&mut self, cmd: &[&str]) -> Value {
         self.send(&serde_json::to_string(cmd).unwrap());
         serde_json::from_str(&self.line()).expect("JSON answer")
-    }
-
-    fn finish(mut self) -> Vec<String> {
-        drop(self.stdin.take());
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "helper failed: {status}");
-        self.lines.iter().collect()
     }
 }
 
@@ -394,8 +324,8 @@ fn concurrent_allocations_agree_and_persist_once() {
                 "racer",
                 dir.path(),
                 &[
-                    ("JOBDIR_TEST_PREFER", format!("instance{i}")),
-                    ("JOBDIR_TEST_KEYS", KEYS.to_string()),
+                    ("JOBDIR_TEST_PREFER", &format!("instance{i}")),
+                    ("JOBDIR_TEST_KEYS", &KEYS.to_string()),
                 ],
             )
         })
@@ -494,7 +424,7 @@ fn withdrawing_instances_while_processes_allocate() {
     for name in ["a", "b", "x", "y"] {
         store.available(&iid(name)).unwrap();
     }
-    let env = [("JOBDIR_TEST_KEYS", "300".to_string())];
+    let env = [("JOBDIR_TEST_KEYS", "300")];
     let procs: Vec<Helper> = (0..3)
         .map(|_| spawn("allocator", dir.path(), &env))
         .collect();
@@ -552,8 +482,8 @@ fn withdrawing_instances_while_processes_allocate() {
 #[test]
 fn an_instance_whose_process_died_is_reported_dead() {
     let dir = tempfile::tempdir().unwrap();
-    let lease = ("JOBDIR_TEST_LEASE_MS", "400".to_string());
-    let name = ("JOBDIR_TEST_INSTANCE", "w1".to_string());
+    let lease = ("JOBDIR_TEST_LEASE_MS", "400");
+    let name = ("JOBDIR_TEST_INSTANCE", "w1");
     let store = open(dir.path(), 400);
     let other_host = Store::builder(dir.path())
         .lease(Duration::from_millis(400))
@@ -567,12 +497,12 @@ fn an_instance_whose_process_died_is_reported_dead() {
     };
 
     // Joined and left cleanly: absent.
-    let h = spawn("joiner", dir.path(), &[lease.clone(), name.clone()]);
+    let h = spawn("joiner", dir.path(), &[lease, name]);
     assert_eq!(h.line(), "joined");
     assert_eq!(liveness(&store), Liveness::Live);
     assert_eq!(liveness(&other_host), Liveness::Live);
     // One live process per instance.
-    let second = spawn("joiner", dir.path(), &[lease.clone(), name.clone()]);
+    let second = spawn("joiner", dir.path(), &[lease, name]);
     assert!(
         second.line().starts_with("refused "),
         "a second process joined"
@@ -587,11 +517,10 @@ fn an_instance_whose_process_died_is_reported_dead() {
     assert_eq!(liveness(&store), Liveness::Absent);
 
     // Killed: dead at once on this host; another host sees it after a lease unchanged.
-    let mut h = spawn("joiner", dir.path(), &[lease.clone(), name.clone()]);
+    let h = spawn("joiner", dir.path(), &[lease, name]);
     assert_eq!(h.line(), "joined");
     assert_eq!(liveness(&other_host), Liveness::Live);
-    h.child.kill().unwrap();
-    h.child.wait().unwrap();
+    h.kill();
     assert_eq!(liveness(&store), Liveness::Dead);
     let deadline = Instant::now() + PATIENCE;
     while liveness(&other_host) != Liveness::Dead {

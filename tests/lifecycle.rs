@@ -12,27 +12,18 @@
 //! `cargo test --release --test lifecycle`
 
 mod common;
+use common::child::{self, Helper, say};
+use common::process::{Owned, exit_within};
+use common::wait::{PATIENCE, eventually};
 use common::{jobdir, ok};
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jobdir::{CreateOptions, Error, Failure, JobId, JobInfo, JobState, RetryPolicy, Store};
 use serde_json::{Value, json};
-
-const ROLE: &str = "JOBDIR_TEST_ROLE";
-const BIN: &str = env!("CARGO_BIN_EXE_jobdir");
-/// A generous liveness bound for anything the tests wait for (never a timing assertion).
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A line for the parent test (the harness prints its own lines too; they are ignored).
-macro_rules! say {
-    ($($arg:tt)*) => { println!("@ {}", format!($($arg)*)) };
-}
 
 fn ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
@@ -43,9 +34,7 @@ fn now_ms() -> u64 {
 }
 
 fn open(dir: &Path, lease_ms: u64, events: bool) -> Store {
-    Store::builder(dir)
-        .lease(Duration::from_millis(lease_ms))
-        .poll_interval(Duration::from_millis(200))
+    common::store::builder(dir, lease_ms, 200)
         .file_events(events)
         .open()
         .expect("open store")
@@ -54,16 +43,11 @@ fn open(dir: &Path, lease_ms: u64, events: bool) -> Store {
 /// The child side. Does nothing unless this binary was started as a helper process.
 #[test]
 fn helper() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some(role) = child::role() else {
         return;
     };
-    let env_u64 = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let dir = PathBuf::from(std::env::var("JOBDIR_TEST_DIR").expect("JOBDIR_TEST_DIR"));
+    let env_u64 = child::env_u64;
+    let dir = child::dir();
     let events = std::env::var("JOBDIR_TEST_NO_EVENTS").is_err();
     let store = open(&dir, env_u64("JOBDIR_TEST_LEASE_MS", 30_000), events);
     let wait = Duration::from_millis(env_u64("JOBDIR_TEST_WAIT_MS", 30_000));
@@ -125,69 +109,12 @@ fn helper() {
     }
 }
 
-/// A running helper process and the lines it prints.
-struct Helper {
-    child: Child,
-    lines: Receiver<String>,
-}
-
+/// A helper process; it watches for file events unless `env` sets `JOBDIR_TEST_NO_EVENTS`.
 fn spawn(role: &str, dir: &Path, env: &[(&str, &str)]) -> Helper {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "helper", "--nocapture", "--test-threads=1", "-q"])
-        .env(ROLE, role)
-        .env("JOBDIR_TEST_DIR", dir)
-        .env_remove("JOBDIR_TEST_NO_EVENTS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn helper");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(line) = line.strip_prefix("@ ")
-                && tx.send(line.to_string()).is_err()
-            {
-                break;
-            }
-        }
-    });
-    Helper { child, lines: rx }
-}
-
-impl Helper {
-    /// The next line starting with `prefix` (others are skipped), or panic after PATIENCE.
-    fn expect_line(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.starts_with(prefix) => return l,
-                Ok(_) => {}
-                Err(e) => panic!("no line starting with {prefix:?}: {e}"),
-            }
-        }
-    }
-
-    /// Waits for a clean exit.
-    fn finish(mut self) {
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "helper failed: {status}");
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let mut cmd = child::command(role, dir);
+    cmd.env_remove("JOBDIR_TEST_NO_EVENTS")
+        .envs(env.iter().copied());
+    Helper::start(cmd)
 }
 
 /// Runs a command that must exit with `code`; returns its stderr.
@@ -198,52 +125,25 @@ fn fails(dir: &Path, args: &[&str], code: i32) -> String {
 }
 
 /// A `jobdir` process left running (a blocked `wait`); killed if the test fails first.
-struct Running(Child);
+struct Running(Owned);
 
 impl Running {
     fn start(dir: &Path, args: &[&str]) -> Running {
-        let child = Command::new(BIN)
-            .arg("--dir")
-            .arg(dir)
-            .args(args)
-            .env_remove("JOBDIR")
-            .env_remove("RUST_LOG")
+        let child = common::jobdir_command(dir, args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn jobdir");
-        Running(child)
+        Running(Owned::new(child))
     }
 
     /// Its exit status and stderr, waiting up to PATIENCE.
     fn finish(mut self) -> (Option<i32>, String) {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                let mut stderr = String::new();
-                std::io::Read::read_to_string(self.0.stderr.as_mut().unwrap(), &mut stderr)
-                    .unwrap();
-                return (status.code(), stderr);
-            }
-            assert!(start.elapsed() < PATIENCE, "jobdir did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Waits (up to PATIENCE) until `cond` holds.
-fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(t.elapsed() < PATIENCE, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        let child = self.0.child();
+        let status = exit_within(child, PATIENCE).expect("jobdir did not exit");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        (status.code(), stderr)
     }
 }
 

@@ -3,19 +3,18 @@
 //! statuses and the pool's final JSON. No assertion depends on timing: every wait is for an
 //! observable event (a line on stderr, a job's state), bounded only by a generous patience.
 
-use std::io::{BufRead, BufReader};
+mod common;
+use common::process::{self, Owned, exit_within};
+use common::wait::{PATIENCE, eventually};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{Receiver, channel};
-use std::thread;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use jobdir::{Control, JobId, JobState, Store};
 use serde_json::{Value, json};
 use tempfile::TempDir;
-
-/// A generous liveness bound for anything the tests wait for.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 const BIN: &str = env!("CARGO_BIN_EXE_jobdir");
 
@@ -35,17 +34,12 @@ impl Env {
     /// `jobdir --dir <store> ARGS...`, with no JOBDIR or RUST_LOG from the caller, and the
     /// binary's directory first in PATH (so that PROGRAMs can run `jobdir`).
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
         let bin_dir = Path::new(BIN).parent().expect("binary directory");
         let path = std::env::var_os("PATH").unwrap_or_default();
         let mut paths = vec![bin_dir.to_path_buf()];
         paths.extend(std::env::split_paths(&path));
-        c.arg("--dir")
-            .arg(&self.dir)
-            .args(args)
-            .env_remove("JOBDIR")
-            .env_remove("RUST_LOG")
-            .env("PATH", std::env::join_paths(paths).expect("PATH"));
+        let mut c = common::jobdir_command(&self.dir, args);
+        c.env("PATH", std::env::join_paths(paths).expect("PATH"));
         c
     }
 
@@ -68,11 +62,7 @@ impl Env {
 
     /// Runs a command that must fail with `code` and one `error:` line.
     fn fails(&self, args: &[&str], code: i32) -> String {
-        let (got, _, err) = self.run(args);
-        assert_eq!(got, Some(code), "jobdir {args:?}: {err}");
-        assert!(err.starts_with("error:"), "{err:?}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
-        err
+        common::one_error(args, self.command(args).output().expect("run jobdir"), code)
     }
 
     fn create(&self, request: &str) -> JobId {
@@ -95,18 +85,9 @@ impl Env {
             .spawn()
             .expect("spawn jobdir");
         let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         Running {
-            child: Some(child),
-            lines: rx,
+            lines: process::lines(stderr, ""),
+            child: Owned::new(child),
             seen: Vec::new(),
         }
     }
@@ -114,14 +95,14 @@ impl Env {
 
 /// A spawned `jobdir`, killed if a test fails before it exits.
 struct Running {
-    child: Option<Child>,
+    child: Owned,
     lines: Receiver<String>,
     seen: Vec<String>,
 }
 
 impl Running {
     fn child(&mut self) -> &mut Child {
-        self.child.as_mut().expect("the child is still owned")
+        self.child.child()
     }
 
     /// Waits for a stderr line containing `needle` that was not consumed by an earlier wait.
@@ -145,18 +126,11 @@ impl Running {
     }
 
     /// Waits (up to PATIENCE) for the process to exit; returns its status and stdout.
-    fn finish(mut self) -> (ExitStatus, String) {
-        let mut child = self.child.take().expect("the child is still owned");
-        let t = Instant::now();
-        loop {
-            if child.try_wait().expect("try_wait").is_some() {
-                break;
-            }
-            if t.elapsed() > PATIENCE {
-                let _ = child.kill();
-                panic!("process did not exit; stderr:\n{}", self.seen.join("\n"));
-            }
-            thread::sleep(Duration::from_millis(20));
+    fn finish(self) -> (ExitStatus, String) {
+        let mut child = self.child.into_child();
+        if exit_within(&mut child, PATIENCE).is_none() {
+            let _ = child.kill();
+            panic!("process did not exit; stderr:\n{}", self.seen.join("\n"));
         }
         let out = child.wait_with_output().expect("collect output");
         (
@@ -166,28 +140,7 @@ impl Running {
     }
 
     fn signal(&mut self, sig: libc::c_int) {
-        let pid = self.child().id();
-        // SAFETY: kill(2) on our own child's pid (not reaped yet).
-        let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
-        assert_eq!(r, 0);
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Waits (up to PATIENCE) until `cond` holds.
-fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(t.elapsed() < PATIENCE, "gave up waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
+        process::signal(self.child.get(), sig).expect("kill(2)");
     }
 }
 

@@ -2,44 +2,24 @@
 //! and notifier processes (the `helper` test, active only when `JOBDIR_TEST_ROLE` is set), and
 //! the tests kill, stop and resume them and check what is left on disk.
 
+mod common;
+use common::child::{self, say, spawn};
+use common::store::open;
+
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jobdir::{Error, Store};
 use serde_json::{Value, json};
 
-const ROLE: &str = "JOBDIR_TEST_ROLE";
-
-/// A line for the parent test (the test harness prints its own lines too; they are ignored).
-macro_rules! say {
-    ($($arg:tt)*) => { println!("@ {}", format!($($arg)*)) };
-}
-
-fn open(dir: &Path, lease_ms: u64) -> Store {
-    Store::builder(dir)
-        .lease(Duration::from_millis(lease_ms))
-        .poll_interval(Duration::from_millis(200))
-        .open()
-        .expect("open store")
-}
-
 /// The child side. Does nothing unless this binary was started as a helper process.
 #[test]
 fn helper() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some(role) = child::role() else {
         return;
     };
-    let dir = std::env::var("JOBDIR_TEST_DIR").expect("JOBDIR_TEST_DIR");
-    let lease_ms: u64 = std::env::var("JOBDIR_TEST_LEASE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30_000);
-    let store = open(Path::new(&dir), lease_ms);
+    let store = child::open_store();
     match role.as_str() {
         // Pull and fulfil until nothing is left; print one line per successful fulfilment.
         "worker" => loop {
@@ -115,67 +95,6 @@ fn helper() {
     }
 }
 
-/// A running helper process and the lines it prints.
-struct Helper {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-fn spawn(role: &str, dir: &Path, env: &[(&str, String)]) -> Helper {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "helper", "--nocapture", "--test-threads=1", "-q"])
-        .env(ROLE, role)
-        .env("JOBDIR_TEST_DIR", dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn helper");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let Some(line) = line.strip_prefix("@ ") else {
-                continue;
-            };
-            if tx.send(line.to_string()).is_err() {
-                break;
-            }
-        }
-    });
-    Helper { child, lines: rx }
-}
-
-impl Helper {
-    /// The next line starting with `prefix` (others are kept out of the way), or panic after
-    /// a generous bound.
-    fn expect_line(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.starts_with(prefix) => return l,
-                Ok(_) => {}
-                Err(e) => panic!("no line starting with {prefix:?}: {e}"),
-            }
-        }
-    }
-
-    /// Every line until the process exits.
-    fn finish(mut self) -> Vec<String> {
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "helper failed: {status}");
-        self.lines.iter().collect()
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on a child we own.
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0);
-    }
-}
-
 #[test]
 fn four_processes_fulfil_two_thousand_jobs_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -215,13 +134,12 @@ fn killed_holder_job_comes_back_well_before_the_lease_expires() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 30_000);
     let id = store.create(&json!({"n": 3})).unwrap();
-    let holder = spawn("hold", dir.path(), &[]);
+    let mut holder = spawn("hold", dir.path(), &[]);
     let line = holder.expect_line("holding ");
     assert_eq!(line, format!("holding {id}"));
     holder.signal(libc::SIGKILL);
     let killed_at = Instant::now();
-    let mut child = holder.child;
-    child.wait().unwrap();
+    holder.wait();
     let job = store
         .pull_work_timeout(Duration::from_secs(60))
         .unwrap()
@@ -254,7 +172,7 @@ fn stopped_holder_loses_its_lease_and_its_late_fulfil_is_refused() {
     let holder = spawn(
         "hold",
         dir.path(),
-        &[("JOBDIR_TEST_LEASE_MS", lease_ms.to_string())],
+        &[("JOBDIR_TEST_LEASE_MS", &lease_ms.to_string())],
     );
     holder.expect_line("holding ");
     holder.signal(libc::SIGSTOP);
@@ -283,7 +201,7 @@ fn concurrent_unfenced_fulfils_have_one_winner_and_the_value_never_changes() {
     let store = open(dir.path(), 30_000);
     let id = store.create(&json!({"n": 1})).unwrap();
     let racers: Vec<_> = (0..6)
-        .map(|_| spawn("race", dir.path(), &[("JOBDIR_TEST_JOB", id.to_string())]))
+        .map(|_| spawn("race", dir.path(), &[("JOBDIR_TEST_JOB", &id.to_string())]))
         .collect();
     let mut winners = Vec::new();
     let mut losers = 0;
@@ -536,18 +454,17 @@ fn a_dead_holder_of_another_host_is_taken_over_only_after_its_lease() {
     let dir = tempfile::tempdir().unwrap();
     let lease_ms = 1500;
     let id = open(dir.path(), lease_ms).create(&json!({"n": 7})).unwrap();
-    let holder = spawn(
+    let mut holder = spawn(
         "hold",
         dir.path(),
         &[
-            ("JOBDIR_TEST_LEASE_MS", lease_ms.to_string()),
-            ("JOBDIR_HOST_ID", "host-a".to_string()),
+            ("JOBDIR_TEST_LEASE_MS", &lease_ms.to_string()),
+            ("JOBDIR_HOST_ID", "host-a"),
         ],
     );
     holder.expect_line("holding ");
     holder.signal(libc::SIGKILL);
-    let mut child = holder.child;
-    child.wait().unwrap();
+    holder.wait();
     // Another host cannot trust a free flock (it may not even see it): only a heartbeat that
     // stopped changing for a whole lease, watched on its own clock, proves the holder dead.
     let other_host = Store::builder(dir.path())

@@ -4,19 +4,20 @@
 //! assertions: every wait is for a state that must be reached, with a generous bound, and the
 //! slot limits are checked at every look on the way.
 
+mod common;
+use common::process::{Owned as Running, exit_within, signal};
+use common::wait::PATIENCE;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
-
-/// A generous liveness bound for anything the tests wait for.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A PROGRAM that runs until `$REL/<its job id>` or `$REL/all` exists (or `$REL` is gone: a
 /// program orphaned by a worker killed with -9 ends with its test).
@@ -42,26 +43,14 @@ impl Env {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_jobdir"));
-        c.arg("--dir")
-            .arg(&self.dir)
-            .args(args)
-            .env_remove("JOBDIR")
-            .env_remove("RUST_LOG")
-            .env("REL", &self.rel);
+        let mut c = common::jobdir_command(&self.dir, args);
+        c.env("REL", &self.rel);
         c
     }
 
     /// Runs a command that must succeed; returns its stdout.
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.command(args).output().expect("run jobdir");
-        assert!(
-            out.status.success(),
-            "jobdir {args:?} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8 output")
+        common::succeeded(args, self.command(args).output().expect("run jobdir"))
     }
 
     fn create(&self, priority: i32) -> String {
@@ -104,7 +93,7 @@ impl Env {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn jobdir");
-        Running(Some(child))
+        Running::new(child)
     }
 
     fn fulfilled(&self) -> usize {
@@ -113,47 +102,20 @@ impl Env {
     }
 }
 
-/// A spawned `jobdir`, killed if a test fails before it exits.
-struct Running(Option<Child>);
-
+/// A spawned `jobdir` ([`Running`]) is killed if a test fails before it exits.
 impl Running {
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().expect("the child is still owned")
-    }
-
     /// SIGTERM, then its exit status (it must exit 0).
     fn stop(&mut self) {
-        let pid = self.child().id() as libc::pid_t;
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let t = Instant::now();
-        loop {
-            if let Some(status) = self.child().try_wait().expect("try_wait") {
-                assert!(status.success(), "exit after SIGTERM: {status}");
-                return;
-            }
-            assert!(t.elapsed() < PATIENCE, "no exit after SIGTERM");
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let _ = signal(self.get(), libc::SIGTERM);
+        let status =
+            exit_within(self.child(), PATIENCE).unwrap_or_else(|| panic!("no exit after SIGTERM"));
+        assert!(status.success(), "exit after SIGTERM: {status}");
     }
 }
 
 /// Waits (up to PATIENCE) until `cond` holds (it may assert invariants at every look).
-fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(t.elapsed() < PATIENCE, "gave up waiting for {what}");
-        thread::sleep(Duration::from_millis(30));
-    }
+fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    common::wait::eventually_within(what, PATIENCE, Duration::from_millis(30), cond)
 }
 
 fn ids(running: &[(String, i64)]) -> BTreeSet<String> {

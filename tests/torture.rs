@@ -19,11 +19,15 @@
 //! Long run: `JOBDIR_TORTURE_JOBS=10000 JOBDIR_TORTURE_PROCS=6 JOBDIR_TORTURE_KILL_MS=100 \
 //!            cargo test --release --test torture -- --nocapture`
 
+mod common;
+use common::child::{self, env_u64};
+use common::process::Owned;
+
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,13 +37,6 @@ use jobdir::{
     RetryPolicy, Store,
 };
 use serde_json::json;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Nanoseconds on the system-wide monotonic clock (comparable across processes on one host).
 fn mono_ns() -> u128 {
@@ -124,9 +121,7 @@ fn helper() {
     };
     let dir = PathBuf::from(std::env::var("JOBDIR_TORTURE_DIR").unwrap());
     let log = PathBuf::from(std::env::var("JOBDIR_TORTURE_LOG").unwrap());
-    let store = Store::builder(dir.join("store"))
-        .lease(Duration::from_secs(5))
-        .poll_interval(Duration::from_millis(200))
+    let store = common::store::builder(&dir.join("store"), 5000, 200)
         .open()
         .unwrap();
     let fail_pct = env_u64("JOBDIR_TORTURE_FAIL_PCT", 25);
@@ -198,31 +193,20 @@ fn helper() {
     }
 }
 
-/// The helper processes, killed when dropped (also when the test panics: no orphans).
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn spawn(role: &str, dir: &Path, k: usize) -> Child {
+/// A helper process, killed when dropped (also when the test panics: no orphans).
+fn spawn(role: &str, dir: &Path, k: usize) -> Owned {
     let log = dir
         .join("logs")
         .join(format!("{role}-{k}-{}.log", mono_ns()));
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper", "--nocapture", "--test-threads=1", "-q"])
+    let child = child::self_command()
         .env("JOBDIR_TORTURE_ROLE", role)
         .env("JOBDIR_TORTURE_INSTANCE", format!("w{k}"))
         .env("JOBDIR_TORTURE_DIR", dir)
         .env("JOBDIR_TORTURE_LOG", log)
         .stdout(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Owned::new(child)
 }
 
 #[test]
@@ -278,13 +262,11 @@ fn torture() {
     let roles: Vec<&str> = (0..procs)
         .map(|k| if k % 2 == 0 { "worker" } else { "notifier" })
         .collect();
-    let mut children = Children(
-        roles
-            .iter()
-            .enumerate()
-            .map(|(k, r)| spawn(r, dir, k))
-            .collect(),
-    );
+    let mut children: Vec<Owned> = roles
+        .iter()
+        .enumerate()
+        .map(|(k, r)| spawn(r, dir, k))
+        .collect();
     // A canceller cancels its jobs one by one while the workers run. A cancel that succeeds
     // must leave the job cancelled; one refused (it had finished: fulfilled) must leave it so.
     let canceller = {
@@ -376,10 +358,10 @@ fn torture() {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let k = (rng % procs as u64) as usize;
-        let _ = children.0[k].kill();
-        let _ = children.0[k].wait();
+        let _ = children[k].child().kill();
+        let _ = children[k].child().wait();
         kills += 1;
-        children.0[k] = spawn(roles[k], dir, k);
+        children[k] = spawn(roles[k], dir, k);
     }
     let (seen_result, seen_unfulfilled, queued_after) = checker.join().expect("checker");
     let (cancelled, refused) = canceller.join().expect("canceller");
