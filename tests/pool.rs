@@ -215,6 +215,48 @@ fn a_pool_drains_the_queue_and_its_totals_count_every_job() {
 }
 
 #[test]
+fn a_pool_of_instances_runs_each_instance_s_jobs_on_its_worker() {
+    let env = Env::new();
+    env.ok(&["instance", "available", "w-0"]);
+    env.ok(&["instance", "available", "w-1"]);
+    let mut want = Vec::new();
+    for i in 0..6 {
+        let instance = format!("w-{}", i % 2);
+        let id = env.ok(&["create", "--instance", &instance, "--sticky", "1"]);
+        want.push((id.trim().to_string(), instance));
+    }
+    let free = env.create("2");
+    let err = env.fails(&["pool", "--instance-prefix", "bad/name", "--", "cat"], 2);
+    assert!(err.contains("--instance-prefix"), "{err}");
+    let out = env.ok(&[
+        "pool",
+        "--workers",
+        "2",
+        "--instance-prefix",
+        "w",
+        "--unallocated",
+        "--until-empty",
+        "--",
+        "sh",
+        "-c",
+        r#"printf %s "$JOBDIR_INSTANCE""#,
+    ]);
+    let report: Value = serde_json::from_str(&out).expect("the pool prints one JSON object");
+    assert_eq!(report["total"]["done"], 7, "{report}");
+    let store = env.store();
+    for (id, instance) in &want {
+        let job = store.get(&id.parse().unwrap()).expect("get");
+        assert_eq!(job.result.as_deref(), Some(instance.as_bytes()), "job {id}");
+    }
+    let job = store.get(&free).expect("get");
+    assert_eq!(
+        job.state,
+        JobState::Fulfilled,
+        "the unallocated job ran too"
+    );
+}
+
+#[test]
 fn a_pool_restarts_a_worker_killed_with_sigkill_and_loses_no_job() {
     let env = Env::new();
     let ids: Vec<JobId> = (0..40).map(|i| env.create(&i.to_string())).collect();

@@ -92,6 +92,13 @@ pub struct PoolArgs {
     /// Each worker exits once no job is pending or running; the pool exits when all have
     #[arg(long)]
     until_empty: bool,
+    /// Run worker N as instance PREFIX-N (`jobdir work --instance`): jobs created for it run
+    /// there first, and a restarted worker joins as the same instance again
+    #[arg(long, value_name = "PREFIX")]
+    instance_prefix: Option<String>,
+    /// With --instance-prefix: workers also take jobs allocated to no instance
+    #[arg(long, requires = "instance_prefix")]
+    unallocated: bool,
     /// Show the statistics line on stderr even when stderr is not a terminal
     #[arg(long)]
     progress: bool,
@@ -201,6 +208,11 @@ struct Launch {
     a: PoolArgs,
 }
 
+/// The instance worker `index` runs as with `--instance-prefix PREFIX`.
+fn instance_name(prefix: &str, index: usize) -> String {
+    format!("{prefix}-{index}")
+}
+
 impl Launch {
     fn spawn(&self, slot: &mut Slot, tx: &Sender<Event>) -> anyhow::Result<()> {
         let a = &self.a;
@@ -226,6 +238,12 @@ impl Launch {
             cmd.arg("--priority-slots").arg(spec);
             if a.strict_slots {
                 cmd.arg("--strict-slots");
+            }
+        }
+        if let Some(prefix) = &a.instance_prefix {
+            cmd.arg("--instance").arg(instance_name(prefix, slot.index));
+            if a.unallocated {
+                cmd.arg("--unallocated");
             }
         }
         cmd.arg("--")
@@ -336,6 +354,14 @@ pub fn run(dir: &Path, verbose: u8, a: PoolArgs) -> anyhow::Result<()> {
             .map_err(|e| super::usage(format!("--priority-slots: {e}")))?;
     }
     Program::resolve(&a.run.program)?;
+    let n = a.workers.unwrap_or_else(default_workers) as usize;
+    if let Some(prefix) = &a.instance_prefix {
+        // Every worker's name is checked here, before any worker starts.
+        for index in 0..n {
+            jobdir::InstanceId::new(instance_name(prefix, index))
+                .map_err(|e| super::usage(format!("--instance-prefix: {e}")))?;
+        }
+    }
     let store = open(dir)?;
     // A `control/` that cannot be read costs the drain message (with a warning), not the pool.
     let listener = store
@@ -343,7 +369,6 @@ pub fn run(dir: &Path, verbose: u8, a: PoolArgs) -> anyhow::Result<()> {
         .map_err(|e| tracing::warn!("control messages are not available: {e}"))
         .ok();
     let shutdown = Shutdown::register(a.run.grace)?;
-    let n = a.workers.unwrap_or_else(default_workers) as usize;
     let live = a.progress || io::stderr().is_terminal();
     let launch = Launch {
         exe: std::env::current_exe().context("find this executable")?,
