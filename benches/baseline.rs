@@ -4,7 +4,7 @@
 //! baseline raw      DIR N durable|fast          # minimal syscalls of N job lifecycles: N creates, then N drains
 //! baseline create   DIR N durable|fast          # create N jobs (library)
 //! baseline drain    DIR durable|fast            # pull+fulfil until empty (one worker process)
-//! baseline latency  DIR SAMPLES WORKERS inotify|poll POLL_MS
+//! baseline latency  DIR SAMPLES WORKERS inotify|poll|instance POLL_MS   # instance: jobs for an instance, pulled as it
 //! baseline notify   DIR N durable|fast          # set up N fulfilled jobs with a target, drain
 //! baseline pullcost DIR K durable|fast          # pull+fulfil K jobs from an existing backlog
 //! ```
@@ -179,9 +179,16 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// create→pull wake-up latency with `workers` threads (each its own handle, so its own inotify
-/// instance) blocked in `pull_work_timeout`.
-fn latency(dir: &str, samples: usize, workers: usize, events: bool, poll_ms: u64) {
+/// instance) blocked in `pull_work_timeout`. With `instance`, the jobs are created for an
+/// instance and the workers pull as it (`pull_work_timeout_as`, no unallocated jobs): woken by
+/// the instance's allocation entries, not the pending index.
+fn latency(dir: &str, samples: usize, workers: usize, events: bool, poll_ms: u64, instance: bool) {
     let creator = open(dir, Durability::Fast);
+    let me: jobdir::InstanceId = "w".parse().expect("instance name");
+    let affinity = instance.then(|| jobdir::Affinity::new(me.clone()));
+    if instance {
+        creator.available(&me).expect("available");
+    }
     let (tx, rx) = mpsc::channel::<(jobdir::JobId, Instant)>();
     let ready = Arc::new(Barrier::new(workers + 1));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -191,6 +198,7 @@ fn latency(dir: &str, samples: usize, workers: usize, events: bool, poll_ms: u64
         let ready = Arc::clone(&ready);
         let stop = Arc::clone(&stop);
         let dir = dir.to_string();
+        let affinity = affinity.clone();
         handles.push(std::thread::spawn(move || {
             let store = Store::builder(&dir)
                 .durability(Durability::Fast)
@@ -202,7 +210,11 @@ fn latency(dir: &str, samples: usize, workers: usize, events: bool, poll_ms: u64
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 // Longer than the poll interval, so the timeout never stands in for the poll.
                 let slice = Duration::from_millis(500.max(2 * poll_ms));
-                if let Some(job) = store.pull_work_timeout(slice).expect("pull") {
+                let pulled = match &affinity {
+                    Some(who) => store.pull_work_timeout_as(who, slice),
+                    None => store.pull_work_timeout(slice),
+                };
+                if let Some(job) = pulled.expect("pull") {
                     let at = Instant::now();
                     let id = job.id();
                     job.fulfill(b"1").expect("fulfill");
@@ -218,7 +230,11 @@ fn latency(dir: &str, samples: usize, workers: usize, events: bool, poll_ms: u64
     let mut from_return = Vec::new();
     for i in 0..samples {
         let t0 = Instant::now();
-        let id = creator.create(&json!({"n": i})).expect("create");
+        let opts = match instance {
+            true => jobdir::CreateOptions::default().instance(me.clone()),
+            false => jobdir::CreateOptions::default(),
+        };
+        let id = creator.create_with(&json!({"n": i}), opts).expect("create");
         let t1 = Instant::now();
         let (got, at) = rx.recv_timeout(Duration::from_secs(30)).expect("a pull");
         assert_eq!(got, id);
@@ -236,7 +252,7 @@ fn latency(dir: &str, samples: usize, workers: usize, events: bool, poll_ms: u64
     from_start.sort_by(f64::total_cmp);
     from_return.sort_by(f64::total_cmp);
     println!(
-        "mode=latency workers={workers} events={events} poll_ms={poll_ms} samples={samples} \
+        "mode=latency workers={workers} events={events} instance={instance} poll_ms={poll_ms} samples={samples} \
          p50_ms={:.3} p99_ms={:.3} max_ms={:.3} p50_after_return_ms={:.3} p99_after_return_ms={:.3}",
         pct(&from_start, 0.5),
         pct(&from_start, 0.99),
@@ -331,8 +347,9 @@ fn main() {
             a(1),
             a(2).parse().unwrap(),
             a(3).parse().unwrap(),
-            a(4) == "inotify",
+            a(4) != "poll",
             a(5).parse().unwrap(),
+            a(4) == "instance",
         ),
         "notify" => notify(a(1), a(2).parse().unwrap(), durability(a(3))),
         "pullcost" => pullcost(a(1), a(2).parse().unwrap(), durability(a(3))),

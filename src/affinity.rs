@@ -26,12 +26,11 @@ use crate::allocation::{
     AllocationFlags, AllocationRecord, AllocationRule, Choice, HashRule, JobKey,
 };
 use crate::atomic::{exists, list_names};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::id::JobId;
 use crate::index::ClassRange;
-use crate::index::split_key;
 use crate::instance::{InstanceId, InstanceInfo, Liveness, real_dir};
-use crate::layout::{LeaseKind, parse_allocation_entry};
+use crate::layout::{LeaseKind, allocation_entry, parse_allocation_entry};
 use crate::slots::PullFilter;
 use crate::store::{Inner, Store, pending_key};
 use crate::watch::Channel;
@@ -122,8 +121,11 @@ pub(crate) enum Placement {
 /// for an entry it has not seen before.
 #[derive(Default)]
 pub(crate) struct OwnJobs {
-    known: std::sync::Mutex<HashMap<InstanceId, HashMap<String, Option<String>>>>,
+    known: std::sync::Mutex<HashMap<InstanceId, EntryJobs>>,
 }
+
+/// Allocation entry name → the job's (pending key, id), `None` for a key that is not a job.
+type EntryJobs = HashMap<String, Option<(String, JobId)>>;
 
 /// The rule that chooses one given instance, if it is available (and persists the choice).
 struct Only<'a>(&'a InstanceId);
@@ -165,13 +167,47 @@ pub(crate) fn place(
                     )));
                 }
             }
-            store.allocate_flagged(&key, &Only(want), flags)?;
+            match store.allocate_flagged(&key, &Only(want), flags) {
+                Ok(_) => {}
+                // Made unavailable (or removed) since the check above: the same answer.
+                Err(Error::NoInstance(_)) => {
+                    return Err(Error::InvalidOption(format!(
+                        "instance {want} is unavailable: no new jobs are allocated to it"
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
         }
         Placement::ByRule => {
             store.allocate_flagged(&key, &HashRule, flags)?;
         }
     }
     Ok(key)
+}
+
+/// Tells the instance's pulls that the job `create` allocated to it is indexed now: touches
+/// the allocation's entry in `instances/<name>/jobs/` (its watchers see `IN_ATTRIB`). Best
+/// effort: a pull that misses it finds the job at its next look (the poll interval).
+pub(crate) fn announce(inner: &Inner, key: &JobKey) {
+    let touched = inner.read_allocation(key).and_then(|rec| {
+        let Some(rec) = rec else { return Ok(()) };
+        let entry = inner
+            .layout
+            .instance_jobs(rec.instance.as_str())
+            .join(allocation_entry(key.as_str(), &rec.nonce));
+        let f = crate::atomic::open_regular(&entry, true)?;
+        // Both times: the kernel reports a change of both as IN_ATTRIB (of the mtime alone,
+        // as IN_MODIFY, which the watch does not ask for).
+        let now = std::time::SystemTime::now();
+        let times = std::fs::FileTimes::new()
+            .set_accessed(now)
+            .set_modified(now);
+        f.set_times(times).ctx("touch", &entry)?;
+        Ok(())
+    });
+    if let Err(e) = touched {
+        tracing::debug!("allocation entry of {key} not touched: {e}");
+    }
 }
 
 /// What a pull as some instance (or none) may do with a job, by its allocation.
@@ -190,8 +226,15 @@ fn permission(store: &Store, id: &JobId, who: Option<&Affinity>) -> Result<Permi
         true => Permission::Yes,
         false => Permission::No,
     };
-    let Some(rec) = inner.read_allocation(&JobKey::from(id))? else {
-        return Ok(free);
+    let rec = match inner.read_allocation(&JobKey::from(id)) {
+        Ok(Some(rec)) => rec,
+        Ok(None) => return Ok(free),
+        // Never taken as unallocated (that would break a sticky allocation): skipped until
+        // `recover` quarantines the file.
+        Err(e) => {
+            tracing::warn!("job {id}: skipped, its allocation cannot be read: {e}");
+            return Ok(Permission::No);
+        }
     };
     if !inner.instance_exists(&rec.instance)? {
         return Ok(free); // to an instance removed since: gone with it
@@ -264,10 +307,11 @@ fn handed_over(inner: &Inner, instance: &InstanceId) -> Result<bool> {
     )
 }
 
-/// The jobs allocated to `instance` whose class lies in `range` and whose pending entry
-/// exists, as (pending key, id) in pull order (highest priority first, then oldest). Reads
-/// the instance's allocation entries, and the record of each job once per process.
-fn allocated_pending(
+/// The jobs allocated to `instance` whose class lies in `range`, as (pending key, id) in pull
+/// order (highest priority first, then oldest); whether each is pending now is for the caller
+/// to check, lazily. Lists the instance's allocation entries and reads each job's record once
+/// per process (the record is immutable).
+fn allocated_jobs(
     inner: &Inner,
     instance: &InstanceId,
     range: &ClassRange,
@@ -277,62 +321,67 @@ fn allocated_pending(
         return Ok(Vec::new());
     }
     let names = list_names(&dir)?;
-    let mut candidates: Vec<String> = {
-        let mut all = inner
-            .own_jobs
-            .known
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let known = all.entry(instance.clone()).or_default();
-        let listed: HashSet<&String> = names.iter().collect();
-        known.retain(|name, _| listed.contains(name));
-        for name in &names {
-            if known.contains_key(name) {
-                continue;
-            }
-            let Some(id) = parse_allocation_entry(name).and_then(|(k, _)| k.parse::<JobId>().ok())
-            else {
-                known.insert(name.clone(), None); // an atributo key, not a job of this store
-                continue;
-            };
-            match inner.read_record(&id) {
-                Ok(rec) => {
-                    known.insert(name.clone(), Some(pending_key(&id, rec.priority)));
-                }
-                // Not made yet (create allocates first) or removed: ask again next time.
-                Err(Error::NotFound(_)) => {}
-                Err(e) => tracing::debug!("allocation entry {name}: {e}"),
-            }
+    let mut all = inner
+        .own_jobs
+        .known
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let known = all.entry(instance.clone()).or_default();
+    let listed: HashSet<&String> = names.iter().collect();
+    known.retain(|name, _| listed.contains(name));
+    for name in &names {
+        if known.contains_key(name) {
+            continue;
         }
-        known
-            .values()
-            .flatten()
-            .filter(|k| range.contains(k))
-            .cloned()
-            .collect()
-    };
-    candidates.sort_unstable();
-    candidates.dedup();
-    let mut out = Vec::with_capacity(candidates.len());
-    for key in candidates {
-        if !exists(&inner.work.path(&key))? {
-            continue; // delayed, finished, or not indexed yet
-        }
-        if let Some(id) = split_key(&key).and_then(|(_, _, n)| n.parse::<JobId>().ok()) {
-            out.push((key, id));
+        let Some(id) = parse_allocation_entry(name).and_then(|(k, _)| k.parse::<JobId>().ok())
+        else {
+            known.insert(name.clone(), None); // an atributo key, not a job of this store
+            continue;
+        };
+        match inner.read_record(&id) {
+            Ok(rec) => {
+                known.insert(name.clone(), Some((pending_key(&id, rec.priority), id)));
+            }
+            // Not made yet (create allocates first) or removed: ask again next time.
+            Err(Error::NotFound(_)) => {}
+            Err(e) => tracing::debug!("allocation entry {name}: {e}"),
         }
     }
+    let mut out: Vec<(String, JobId)> = known
+        .values()
+        .flatten()
+        .filter(|(k, _)| range.contains(k))
+        .cloned()
+        .collect();
+    drop(all);
+    out.sort_unstable();
+    out.dedup();
     Ok(out)
 }
 
 /// Claims the first of `candidates` that a pull as `who` may take (`claim_as`, which hands a
 /// job over when it must).
+/// Jobs whose lease this process holds are skipped without a claim (an instance's own running
+/// jobs keep their pending entries), and the pending entry of each is checked only when its
+/// turn comes, so a pull that takes the first candidate costs one `stat`.
 fn claim_first(
     store: &Store,
     who: Option<&Affinity>,
     candidates: Vec<(String, JobId)>,
 ) -> Result<Option<WorkLease>> {
+    let held = store.inner.keeper.held();
     for (key, id) in candidates {
+        if held.contains(&id) {
+            continue;
+        }
+        match exists(&store.inner.work.path(&key)) {
+            Ok(true) => {}
+            Ok(false) => continue, // delayed, finished, or not indexed yet
+            Err(e) => {
+                tracing::warn!("skipping {key}: {e}");
+                continue;
+            }
+        }
         match claim_as(store, &key, id, who) {
             Ok(Some(lease)) => return Ok(Some(lease)),
             Ok(None) => {}
@@ -370,7 +419,13 @@ fn pull_handed_over(
                 continue;
             }
         }
-        let candidates = allocated_pending(inner, &other, range)?;
+        let candidates = match allocated_jobs(inner, &other, range) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("instance {other}: {e}");
+                continue;
+            }
+        };
         if let Some(lease) = claim_first(store, who, candidates)? {
             return Ok(Some(lease));
         }
@@ -479,9 +534,29 @@ impl Store {
         let Some(w) = who else {
             return self.pull_next_in(LeaseKind::Work, range, |key| self.try_work(key, None));
         };
+        let inner = &self.inner;
         // Due delayed jobs (a failed attempt's backoff) become pending first, as in any pull.
-        self.inner.before_pull(LeaseKind::Work)?;
-        let own = allocated_pending(&self.inner, &w.instance, range)?;
+        inner.before_pull(LeaseKind::Work)?;
+        // Woken by its own allocation entries (`create` touches the entry once the job is
+        // indexed), since a pull that takes no unallocated job watches no index directory.
+        let own_dir = inner.layout.instance_jobs(w.instance.as_str());
+        if !real_dir(&own_dir).unwrap_or(true) && inner.instance_exists(&w.instance)? {
+            // Made by the first allocation otherwise: made now, so that it can be watched.
+            if let Err(e) = crate::instance::ensure_dir(&inner.fs, &own_dir) {
+                tracing::debug!("cannot make {}: {e}", own_dir.display());
+            }
+        }
+        if real_dir(&own_dir).unwrap_or(false) {
+            inner
+                .watch
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .ensure(&own_dir);
+        }
+        let own = allocated_jobs(inner, &w.instance, range).unwrap_or_else(|e| {
+            tracing::warn!("instance {}: cannot list its jobs: {e}", w.instance);
+            Vec::new()
+        });
         if let Some(lease) = claim_first(self, who, own)? {
             return Ok(Some(lease));
         }

@@ -356,8 +356,14 @@ impl Store {
     /// ```
     pub fn unavailable(&self, id: &InstanceId, removal: Removal) -> Result<()> {
         let inner = &self.inner;
+        let done = self.unavailable_inner(id, removal);
         // Jobs this process's pulls skipped as the instance's may now be handed over.
         inner.allocations_changed();
+        done
+    }
+
+    fn unavailable_inner(&self, id: &InstanceId, removal: Removal) -> Result<()> {
+        let inner = &self.inner;
         match removal {
             Removal::Keep => inner.write_instance(id, false, false),
             Removal::WhenIdle => {

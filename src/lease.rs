@@ -792,6 +792,19 @@ impl Keeper {
     }
 }
 
+impl Keeper {
+    /// The jobs whose lease (work or notification) this process holds now.
+    pub(crate) fn held(&self) -> std::collections::HashSet<JobId> {
+        lock(&self.shared.state)
+            .leases
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|l| !l.is_ended())
+            .map(|l| l.id)
+            .collect()
+    }
+}
+
 impl Drop for Keeper {
     fn drop(&mut self) {
         lock(&self.shared.state).stop = true;

@@ -772,17 +772,22 @@ impl Store {
         while inner.check_shard(&id).is_err() {
             id = JobId::generate(); // never write behind a planted link
         }
+        if opts.sticky && opts.placement.is_none() {
+            return Err(Error::InvalidOption(
+                "sticky needs an instance: CreateOptions::instance or allocate".into(),
+            ));
+        }
         // A job for an instance is allocated before any of its files exist (affinity.rs).
         let placed = match &opts.placement {
             Some(p) => Some(crate::affinity::place(self, &id, p, opts.sticky)?),
             None => None,
         };
         let made = self.create_job(id, request, &opts);
-        if let Some(key) = placed
-            && !matches!(&made, Ok(c) if c.id == id)
-        {
-            // Not made (or a keyed create returned another job): the allocation goes too.
-            if let Err(e) = inner.take_allocation(&key, |r| r.for_job) {
+        if let Some(key) = placed {
+            if matches!(&made, Ok(c) if c.id == id) {
+                crate::affinity::announce(inner, &key);
+            } else if let Err(e) = inner.take_allocation(&key, |r| r.for_job) {
+                // Not made (or a keyed create returned another job): the allocation goes too.
                 tracing::warn!("allocation of {key} left for recover: {e}");
             }
         }
@@ -1035,8 +1040,12 @@ impl Store {
             (Some(at), Some(nb)) if nb >= at => JobState::Delayed,
             _ => state,
         };
+        // An unreadable allocation file (recover quarantines it) does not make the job
+        // unreadable: it is reported without an instance.
         let allocation = inner
-            .read_allocation(&crate::JobKey::from(id))?
+            .read_allocation(&crate::JobKey::from(id))
+            .ok()
+            .flatten()
             .filter(|a| inner.instance_exists(&a.instance).unwrap_or(false));
         Ok(JobInfo {
             id: *id,
@@ -1526,7 +1535,10 @@ impl Store {
         if let Some(p) = priority {
             inner.work.remove(&pending_key(id, p))?;
         }
-        crate::affinity::release_finished(inner, id)?;
+        // The job is gone: a failure here leaves its allocation to recover, not an error.
+        if let Err(e) = crate::affinity::release_finished(inner, id) {
+            tracing::warn!("job {id} removed; its allocation stays: {e}");
+        }
         if let Err(e) = fs::remove_dir_all(&grave) {
             tracing::warn!("leaving {} for recover: {e}", grave.display());
         }

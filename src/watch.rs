@@ -166,6 +166,15 @@ impl Signals {
         if path.parent() == Some(layout.root.as_path()) {
             return; // the root is watched only to see `control/` appear
         }
+        if path.starts_with(&layout.instances) {
+            // An instance's allocation entry made or touched (a job created for it is indexed):
+            // its pulls look again (they watch no index directory unless they take
+            // unallocated jobs).
+            if appeared {
+                self.bump(Channel::Work);
+            }
+            return;
+        }
         if path.starts_with(&layout.delayed) {
             if appeared {
                 let mut st = self.lock();

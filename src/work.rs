@@ -226,23 +226,7 @@ impl WorkLease {
             }
             Err(e) => return Err(e),
         }
-        // The delayed entry first, then the pending entry goes, then the lease ends: the job is
-        // never pullable during its backoff, and never without an entry.
-        let class = crate::layout::priority_class(self.record.priority);
-        inner.delayed.add(&inner.fs, due, &class, &id)?;
-        crate::fault::point("fail.after_delayed");
-        inner.work.remove(&self.key)?;
-        let ended = st.end("failed");
-        // A puller that promoted the delayed entry (due already: a short backoff) between the
-        // add and the removal above made no new pending entry (it existed) and this removal
-        // took it: the delayed entry is then gone, and the pending entry is put back. The
-        // promoter checks the other way round (`Delayed::promote_due`).
-        if !exists(&inner.delayed.entry_path(due, &class, &id))? {
-            inner.work.add(&inner.fs, &self.key)?;
-            inner.offer(LeaseKind::Work, self.key.clone());
-        }
-        ended?;
-        inner.note_due(due);
+        self.park(due, "failed", || crate::fault::point("fail.after_delayed"))?;
         Ok(Failure::Retrying { after: backoff })
     }
 
@@ -360,27 +344,40 @@ impl WorkLease {
     /// failed attempt), then — as [`fail`](Self::fail) does — the pending entry is put back if
     /// a puller promoted the delayed entry in between. Never leaves the job without an entry.
     fn defer(self, due: u64) -> Result<Option<WorkLease>> {
+        tracing::debug!(
+            "job {} is not due before {due} ms: claim {} deferred",
+            self.state.id,
+            self.state.epoch
+        );
+        match self.park(due, "released", || {}) {
+            // Cancelled meanwhile: the pull goes on.
+            Ok(()) | Err(Error::LeaseLost(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves the job from the pending index to the delayed index until `due` (ms) and ends the
+    /// lease as `end` (`fail`'s backoff, a deferred claim). The delayed entry first (durable),
+    /// then the pending entry goes, then the lease ends: the job is never pullable before
+    /// `due`, and never without an entry. A puller that promoted the delayed entry (due
+    /// already) between the add and the removal made no new pending entry (it existed) and the
+    /// removal took it: the delayed entry is then gone, and the pending entry is put back (the
+    /// promoter checks the other way round, `Delayed::promote_due`). The lease's end is
+    /// reported last, after the index is right.
+    fn park(&self, due: u64, end: &str, after_delayed: impl FnOnce()) -> Result<()> {
         let inner = &self.store.inner;
-        let st = &self.state;
-        let id = st.id;
+        let id = self.state.id;
         let class = crate::layout::priority_class(self.record.priority);
         inner.delayed.add(&inner.fs, due, &class, &id)?;
+        after_delayed();
         inner.work.remove(&self.key)?;
-        let ended = st.end("released");
+        let ended = self.state.end(end);
         if !exists(&inner.delayed.entry_path(due, &class, &id))? {
             inner.work.add(&inner.fs, &self.key)?;
             inner.offer(LeaseKind::Work, self.key.clone());
         }
         inner.note_due(due);
-        tracing::debug!(
-            "job {id} is not due before {due} ms: claim {} deferred",
-            st.epoch
-        );
-        match ended {
-            // Cancelled meanwhile: the pull goes on.
-            Ok(()) | Err(Error::LeaseLost(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        ended
     }
 
     fn release_inner(&self) -> Result<()> {

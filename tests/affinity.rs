@@ -434,3 +434,76 @@ fn a_failed_attempt_comes_back_to_its_instance_after_the_backoff() {
         "released with the job"
     );
 }
+
+/// A pull as an instance that takes no unallocated job, waiting, gets a job created for it by
+/// another handle meanwhile. (How soon is measured, not asserted:
+/// `bench/compare/run latency 200 1 instance`, docs/PERFORMANCE.md.)
+#[test]
+fn a_waiting_instance_pull_gets_a_job_created_for_it_meanwhile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let puller = open(tmp.path());
+    let creator = open(tmp.path());
+    let w = iid("w");
+    creator.available(&w).unwrap();
+    let who = Affinity::new(w.clone()); // takes no unallocated job: reads no shared index
+    assert!(puller.pull_work_as(&who).unwrap().is_none());
+    let made = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200)); // let the pull start waiting
+        creator
+            .create_with(&"wake", CreateOptions::default().instance(w))
+            .unwrap()
+    });
+    let job = puller
+        .pull_work_timeout_as(&who, PATIENCE)
+        .unwrap()
+        .expect("the job created meanwhile");
+    assert_eq!(job.id(), made.join().unwrap());
+}
+
+#[test]
+fn an_unreadable_allocation_skips_its_job_and_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path());
+    let w = iid("w");
+    store.available(&w).unwrap();
+    let kept = store
+        .create_with(&"kept", CreateOptions::default().instance(w.clone()))
+        .unwrap();
+    let free = store.create(&"free").unwrap();
+    // The allocation file of the kept job is replaced by garbage.
+    let text = kept.to_string();
+    let shard = tmp.path().join("allocations");
+    let file = fs::read_dir(&shard)
+        .unwrap()
+        .map(|e| e.unwrap().path().join(&text))
+        .find(|p| p.exists())
+        .expect("the allocation file");
+    fs::write(&file, b"not json").unwrap();
+    // A plain pull skips it (never as unallocated) and takes the free job; nothing fails.
+    let job = store.pull_work().unwrap().expect("the free job");
+    assert_eq!(job.id(), free);
+    assert!(store.pull_work().unwrap().is_none());
+    assert!(
+        store
+            .pull_work_as(&Affinity::new(w.clone()))
+            .unwrap()
+            .is_none()
+    );
+    // The job stays readable; recover moves the bad file aside, and the job is free again.
+    assert_eq!(store.get(&kept).unwrap().state, JobState::Pending);
+    let report = store
+        .recover_with(&RecoverOptions::default().temp_grace(Duration::ZERO))
+        .unwrap();
+    assert_eq!(report.quarantined.len(), 1, "{report:?}");
+    drop(job);
+    let again = open(tmp.path());
+    let mut got = Vec::new();
+    while let Some(l) = again.pull_work().unwrap() {
+        got.push(l);
+    }
+    let mut ids: Vec<JobId> = got.iter().map(|l| l.id()).collect();
+    ids.sort();
+    let mut want = vec![kept, free];
+    want.sort();
+    assert_eq!(ids, want);
+}
