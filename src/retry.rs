@@ -21,7 +21,7 @@ use crate::layout::{Layout, LeaseKind, epoch_name, parse_epoch};
 /// part is taken ("full jitter" between half and all of it).
 ///
 /// ```
-/// use std::time::{Duration, SystemTime};
+/// use std::time::Duration;
 /// let p = jobdir::RetryPolicy::default();
 /// assert_eq!(p.max_attempts(), 5);
 /// let p = p.with_max_attempts(3).with_backoff(Duration::from_millis(10), Duration::from_secs(1));
