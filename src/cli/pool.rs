@@ -37,8 +37,8 @@ pub const LONG_ABOUT: &str = "Run N worker processes (`jobdir work`) on the stor
     does (request on stdin, stdout becomes the result; JOBDIR, JOBDIR_DIR, JOBDIR_JOB_ID, \
     JOBDIR_ATTEMPT and JOBDIR_CONTROL in its environment). A worker that crashes (killed by a \
     signal, or a non-zero exit) is restarted after a pause that doubles from 100 ms up to 10 s; \
-    its job is taken over by another worker at once (its lock dies with it), so no job is \
-    lost. A worker that exits 0 is not restarted. A worker that exits non-zero within 2 s of \
+    its job is taken over by another worker at once (its lock dies with it) and runs again \
+    after its retry backoff, so no job is lost. A worker that exits 0 is not restarted. A worker that exits non-zero within 2 s of \
     its start 5 times in a row stops the pool (exit 1).\n\n\
     --until-empty: each worker exits once no job is pending, running or delayed, and the pool when all \
     have. `jobdir broadcast drain`: the workers finish their jobs and exit, and so does the \
