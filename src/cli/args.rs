@@ -100,6 +100,47 @@ pub struct ProgramArgs {
     pub program: Vec<std::ffi::OsString>,
 }
 
+/// What each worker of `work` and `pool` takes: its concurrency, lease, priority slots and
+/// instance (`pool` passes them on to its `work` processes).
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    /// Number of jobs a worker runs at once (threads sharing one store)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u64).range(1..=1024)
+    )]
+    pub concurrency: u64,
+    /// Lease length in seconds: a job whose holder stops heartbeating this long is taken over
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    pub lease: Option<Duration>,
+    /// Reserve slots for priority ranges: P:S,... gives priorities from P up (to the next P) S
+    /// of the --concurrency slots; lower ranges never take them
+    #[arg(long, value_name = "P:S,...", allow_hyphen_values = true)]
+    pub priority_slots: Option<String>,
+    /// With --priority-slots: a range beyond its own slots borrows only from the lowest range
+    /// (proletariat's SACRED_GUARANTEES), so every other range keeps its slots
+    #[arg(long, requires = "priority_slots")]
+    pub strict_slots: bool,
+    /// Take jobs allocated to no instance too (with --instance, or --instance-prefix of pool)
+    #[arg(long)]
+    pub unallocated: bool,
+}
+
+impl WorkerArgs {
+    /// The priority slots asked for, checked (a usage error otherwise).
+    pub fn slots(&self) -> anyhow::Result<Option<jobdir::PrioritySlots>> {
+        self.priority_slots
+            .as_deref()
+            .map(|spec| {
+                jobdir::PrioritySlots::parse(self.concurrency as usize, spec, self.strict_slots)
+                    .map_err(|e| usage(format!("--priority-slots: {e}")))
+            })
+            .transpose()
+    }
+}
+
 /// An RFC 3339 time (`2026-12-01T08:00:00Z`).
 pub fn time(text: &str) -> Result<SystemTime, String> {
     humantime::parse_rfc3339_weak(text)

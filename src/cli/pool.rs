@@ -72,23 +72,8 @@ pub struct PoolArgs {
     /// Number of worker processes [default: the number of CPUs, at most 4]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=256))]
     workers: Option<u64>,
-    /// Jobs each worker runs at once (threads in the worker)
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 1,
-        value_parser = clap::value_parser!(u64).range(1..=1024)
-    )]
-    concurrency: u64,
-    /// Lease length in seconds (see `jobdir work --help`)
-    #[arg(long, value_name = "SECONDS", value_parser = args::seconds)]
-    lease: Option<Duration>,
-    /// Priority slots of each worker, among its --concurrency slots (see `jobdir work --help`)
-    #[arg(long, value_name = "P:S,...", allow_hyphen_values = true)]
-    priority_slots: Option<String>,
-    /// With --priority-slots: borrow only from the lowest range (see `jobdir work --help`)
-    #[arg(long, requires = "priority_slots")]
-    strict_slots: bool,
+    #[command(flatten)]
+    worker: args::WorkerArgs,
     /// Each worker exits once no job is pending or running; the pool exits when all have
     #[arg(long)]
     until_empty: bool,
@@ -96,9 +81,6 @@ pub struct PoolArgs {
     /// there first, and a restarted worker joins as the same instance again
     #[arg(long, value_name = "PREFIX")]
     instance_prefix: Option<String>,
-    /// With --instance-prefix: workers also take jobs allocated to no instance
-    #[arg(long, requires = "instance_prefix")]
-    unallocated: bool,
     /// Show the statistics line on stderr even when stderr is not a terminal
     #[arg(long)]
     progress: bool,
@@ -225,24 +207,24 @@ impl Launch {
             .arg("--pool-worker")
             .arg(slot.index.to_string())
             .arg("--concurrency")
-            .arg(a.concurrency.to_string())
+            .arg(a.worker.concurrency.to_string())
             .arg("--grace")
             .arg(a.run.grace.as_secs_f64().to_string());
-        if let Some(lease) = a.lease {
+        if let Some(lease) = a.worker.lease {
             cmd.arg("--lease").arg(lease.as_secs_f64().to_string());
         }
         if a.until_empty {
             cmd.arg("--until-empty");
         }
-        if let Some(spec) = &a.priority_slots {
+        if let Some(spec) = &a.worker.priority_slots {
             cmd.arg("--priority-slots").arg(spec);
-            if a.strict_slots {
+            if a.worker.strict_slots {
                 cmd.arg("--strict-slots");
             }
         }
         if let Some(prefix) = &a.instance_prefix {
             cmd.arg("--instance").arg(instance_name(prefix, slot.index));
-            if a.unallocated {
+            if a.worker.unallocated {
                 cmd.arg("--unallocated");
             }
         }
@@ -348,10 +330,10 @@ fn signal(child: &Child, sig: libc::c_int) {
 }
 
 pub fn run(dir: &Path, verbose: u8, a: PoolArgs) -> anyhow::Result<()> {
-    if let Some(spec) = &a.priority_slots {
-        // Refused here, before any worker starts (each would fail the same way).
-        jobdir::PrioritySlots::parse(a.concurrency as usize, spec, a.strict_slots)
-            .map_err(|e| super::usage(format!("--priority-slots: {e}")))?;
+    // Refused here, before any worker starts (each would fail the same way).
+    a.worker.slots()?;
+    if a.worker.unallocated && a.instance_prefix.is_none() {
+        return Err(super::usage("--unallocated needs --instance-prefix PREFIX"));
     }
     Program::resolve(&a.run.program)?;
     let n = a.workers.unwrap_or_else(default_workers) as usize;

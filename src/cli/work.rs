@@ -76,38 +76,18 @@ const MAX_STORE_ERRORS: u32 = 5;
 
 #[derive(Args, Debug)]
 pub struct WorkArgs {
-    /// Number of jobs run at once (threads sharing one store)
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 1,
-        value_parser = clap::value_parser!(u64).range(1..=1024)
-    )]
-    concurrency: u64,
-    /// Lease length in seconds: a job whose holder stops heartbeating this long is taken over
-    #[arg(long, value_name = "SECONDS", value_parser = args::seconds)]
-    lease: Option<Duration>,
+    #[command(flatten)]
+    worker: args::WorkerArgs,
     /// Return once no job is pending, running or delayed (retries waiting out their backoff count)
     #[arg(long)]
     until_empty: bool,
     /// Stop after running PROGRAM this many times
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_jobs: Option<u64>,
-    /// Reserve slots for priority ranges: P:S,... gives priorities from P up (to the next P) S
-    /// of the --concurrency slots; lower ranges never take them
-    #[arg(long, value_name = "P:S,...", allow_hyphen_values = true)]
-    priority_slots: Option<String>,
-    /// With --priority-slots: a range beyond its own slots borrows only from the lowest range
-    /// (proletariat's SACRED_GUARANTEES), so every other range keeps its slots
-    #[arg(long, requires = "priority_slots")]
-    strict_slots: bool,
     /// Run as this instance (joined while the worker runs, so others see it live): its own
     /// jobs (`create --instance NAME`) first, then the non-sticky jobs of dead instances
     #[arg(long, value_name = "NAME")]
     instance: Option<String>,
-    /// With --instance: also take jobs allocated to no instance
-    #[arg(long, requires = "instance")]
-    unallocated: bool,
     /// Run as worker N of `jobdir pool` (internal): statistics on stdout, no progress bar
     #[arg(long, value_name = "N", hide = true)]
     pool_worker: Option<u64>,
@@ -212,16 +192,13 @@ impl SlotGate {
 }
 
 pub fn run(dir: &Path, a: WorkArgs) -> anyhow::Result<()> {
-    let slots = match &a.priority_slots {
-        Some(spec) => Some(
-            PrioritySlots::parse(a.concurrency as usize, spec, a.strict_slots)
-                .map_err(|e| usage(format!("--priority-slots: {e}")))?,
-        ),
-        None => None,
-    };
+    let slots = a.worker.slots()?;
+    if a.worker.unallocated && a.instance.is_none() {
+        return Err(usage("--unallocated needs --instance NAME"));
+    }
     let program = Program::resolve(&a.run.program)?;
     let mut builder = Store::builder(dir);
-    if let Some(lease) = a.lease {
+    if let Some(lease) = a.worker.lease {
         builder = builder.lease(lease);
     }
     let store = builder.open()?;
@@ -231,7 +208,7 @@ pub fn run(dir: &Path, a: WorkArgs) -> anyhow::Result<()> {
             let id = InstanceId::new(name.as_str())?;
             let presence = store.join(&id)?;
             (
-                Some(Affinity::new(id).unallocated(a.unallocated)),
+                Some(Affinity::new(id).unallocated(a.worker.unallocated)),
                 Some(presence),
             )
         }
@@ -265,7 +242,7 @@ pub fn run(dir: &Path, a: WorkArgs) -> anyhow::Result<()> {
     thread::scope(|s| {
         let control = &runner.control;
         s.spawn(move || control.listen(listener));
-        let handles: Vec<_> = (0..a.concurrency)
+        let handles: Vec<_> = (0..a.worker.concurrency)
             .map(|_| s.spawn(|| runner.worker()))
             .collect();
         runner.supervise(&handles);
