@@ -24,6 +24,30 @@ use super::log;
 /// How long the listener thread waits for a message before it checks whether to stop.
 const LISTEN_SLICE: Duration = Duration::from_millis(200);
 
+/// Hands every control message to `on` until `stop` is set (looking at it at least every
+/// 200 ms). A read error is logged once per distinct text and retried a second later.
+pub fn follow(
+    mut listener: ControlListener,
+    stop: &AtomicBool,
+    mut on: impl FnMut(ControlMessage),
+) {
+    let mut last_error = String::new();
+    while !stop.load(Ordering::SeqCst) {
+        match listener.next_timeout(LISTEN_SLICE) {
+            Ok(Some(m)) => on(m),
+            Ok(None) => {}
+            Err(e) => {
+                let text = e.to_string();
+                if text != last_error {
+                    tracing::warn!("cannot read control messages (will retry): {text}");
+                    last_error = text;
+                }
+                thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
 /// What the worker threads of one `jobdir work` share about control messages.
 pub struct WorkerControl {
     paused: AtomicBool,
@@ -120,23 +144,8 @@ impl WorkerControl {
 
     /// The listener thread: applies messages until [`stop`](Self::stop).
     pub fn listen(&self, listener: Option<ControlListener>) {
-        let Some(mut listener) = listener else {
-            return;
-        };
-        let mut last_error = String::new();
-        while !self.stop.load(Ordering::SeqCst) {
-            match listener.next_timeout(LISTEN_SLICE) {
-                Ok(Some(m)) => self.apply(&m),
-                Ok(None) => {}
-                Err(e) => {
-                    let text = e.to_string();
-                    if text != last_error {
-                        tracing::warn!("cannot read control messages (will retry): {text}");
-                        last_error = text;
-                    }
-                    thread::sleep(Duration::from_secs(1));
-                }
-            }
+        if let Some(listener) = listener {
+            follow(listener, &self.stop, |m| self.apply(&m));
         }
     }
 

@@ -363,25 +363,12 @@ pub fn run(dir: &Path, verbose: u8, a: PoolArgs) -> anyhow::Result<()> {
     let listening = {
         let (tx, stop) = (tx.clone(), Arc::clone(&stop_listening));
         thread::spawn(move || {
-            let Some(mut listener) = listener else {
-                return;
-            };
-            let mut last_error = String::new();
-            while !stop.load(Ordering::SeqCst) {
-                match listener.next_timeout(Duration::from_millis(200)) {
-                    Ok(Some(m)) if m.message == Control::Drain => {
+            if let Some(listener) = listener {
+                super::control::follow(listener, &stop, |m| {
+                    if m.message == Control::Drain {
                         let _ = tx.send(Event::Drain(m.id));
                     }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let text = e.to_string();
-                        if text != last_error {
-                            tracing::warn!("cannot read control messages (will retry): {text}");
-                            last_error = text;
-                        }
-                        thread::sleep(Duration::from_secs(1));
-                    }
-                }
+                });
             }
         })
     };
